@@ -1,0 +1,88 @@
+//! The storage interface: what the server keeps in a database, as object-safe traits.
+//!
+//! This crate owns the *contract* between the server and its durable state (DESIGN §6):
+//! accounts and their SCRAM keys ([`AccountStore`]), rosters with versioning
+//! ([`RosterStore`], RFC 6121 §2 and §2.6), and last activity ([`LastActivityStore`],
+//! XEP-0012). It must never do I/O itself and never depend on a database crate: backends
+//! (`starling-storage-sql`) implement the traits, and `core` holds them as
+//! `Arc<dyn Stores>`, so it builds and tests without knowing which database is behind them.
+//!
+//! Every backend must pass the same `conformance` suite (module and cargo feature of that name);
+//! there is deliberately no in-memory backend, tests use SQLite.
+//!
+//! Passwords are never stored: an account holds only the SCRAM keys of RFC 5802 §3
+//! ([`Credentials`]), from which PLAIN can be verified too.
+
+#![forbid(unsafe_code)]
+
+pub mod account;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod last;
+pub mod roster;
+
+pub use account::AccountStore;
+pub use error::StorageError;
+pub use last::LastActivityStore;
+pub use roster::{RosterItem, RosterStore, Subscription};
+pub use starling_xmpp::jid::BareJid;
+pub use starling_xmpp::scram::Credentials;
+
+/// The future every storage method returns: boxed so the traits stay object-safe, `Send` so
+/// callers can hold it across their own awaits in multi-threaded tasks.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the server holds: one object implementing every store, plus its lifecycle.
+///
+/// One object rather than one per store so that cross-store operations (removing an account
+/// removes its roster and last activity) can run in a single transaction.
+pub trait Stores: AccountStore + RosterStore + LastActivityStore {
+    /// The backend's name as in ejabberd's `sql_type`: `"sqlite"` or `"pgsql"`.
+    fn backend_name(&self) -> &'static str;
+
+    /// Flushes and closes the backend; later calls fail with [`StorageError::Backend`].
+    ///
+    /// Called once at shutdown. The default does nothing, for backends with nothing to flush.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Splits an account JID into the `(host, username)` key every per-user row starts with.
+///
+/// Accounts always have a localpart; a domain-only JID is a caller bug, reported as
+/// [`StorageError::InvalidJid`] rather than stored under an empty username.
+pub fn account_key(user: &BareJid) -> Result<(&str, &str), StorageError> {
+    match user.node() {
+        Some(node) => Ok((user.domain(), node)),
+        None => Err(StorageError::InvalidJid(user.as_str().to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_key_splits_host_and_username() {
+        let jid = BareJid::new(Some("juliet"), "capulet.example").expect("valid jid");
+        assert_eq!(account_key(&jid).ok(), Some(("capulet.example", "juliet")));
+    }
+
+    #[test]
+    fn account_key_refuses_domain_only_jid() {
+        let jid = BareJid::new(None, "capulet.example").expect("valid jid");
+        assert!(matches!(
+            account_key(&jid),
+            Err(StorageError::InvalidJid(s)) if s == "capulet.example"
+        ));
+    }
+
+    #[test]
+    fn traits_are_object_safe() {
+        // Compiles only if `dyn Stores` is a valid type, which is what `core` relies on.
+        fn takes(_: Option<&dyn Stores>) {}
+        takes(None);
+    }
+}
