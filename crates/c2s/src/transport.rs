@@ -1,0 +1,103 @@
+//! The byte stream under a session: plain TCP before STARTTLS, TLS after it (or from the
+//! start, for direct TLS). Upgrading consumes the plain variant, so a STARTTLS'd session can no
+//! longer reach the plain socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// A client connection's byte stream.
+pub enum Transport {
+    /// Before STARTTLS.
+    Plain(TcpStream),
+    /// After STARTTLS or direct TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// True once encrypted.
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+
+    /// Runs the TLS handshake over the plain socket (STARTTLS or direct TLS).
+    pub async fn upgrade(self, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        match self {
+            Self::Plain(tcp) => {
+                let tls = TlsAcceptor::from(config).accept(tcp).await?;
+                Ok(Self::Tls(Box::new(tls)))
+            }
+            Self::Tls(_) => Err(io::Error::other("stream is already encrypted")),
+        }
+    }
+
+    /// RFC 9266 `tls-exporter` channel-binding data, offered only on TLS 1.3 where it is
+    /// defined without further conditions.
+    pub fn tls_exporter(&self) -> Option<Vec<u8>> {
+        let Self::Tls(tls) = self else {
+            return None;
+        };
+        let (_, conn) = tls.get_ref();
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        conn.export_keying_material(&mut out, b"EXPORTER-Channel-Binding", None)
+            .ok()?;
+        Some(out.to_vec())
+    }
+
+    /// The TLS server name the client asked for (SNI), if any.
+    pub fn sni(&self) -> Option<String> {
+        match self {
+            Self::Tls(tls) => tls.get_ref().1.server_name().map(str::to_owned),
+            Self::Plain(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The router: picks the destination by domain (DESIGN.md §2.1).
+//!
+//! Our hosts go to the local router. Domains that are not ours would go to the s2s manager;
+//! until federation exists they are answered with `<remote-server-not-found/>`, the error
+//! RFC 6120 §8.3.3.15 gives for a domain the server cannot reach.
+
+use starling_xmpp::error::{StanzaError, StanzaErrorCondition};
+use starling_xmpp::stanza::Stanza;
+
+use crate::BoxFuture;
+use crate::local;
+use crate::server::Server;
+
+/// Routes `stanza` to completion. Boxed because routing can recurse (errors, replies).
+pub fn route<'a>(server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        tracing::debug!(?stanza, "route");
+        if server.is_local(stanza.to().domain()) {
+            local::route(server, stanza).await;
+        } else {
+            bounce(server, &stanza, StanzaErrorCondition::RemoteServerNotFound).await;
+        }
+    })
+}
+
+/// Answers `stanza` with an error of `condition`, unless it is itself an error.
+pub async fn bounce(server: &Server, stanza: &Stanza, condition: StanzaErrorCondition) {
+    bounce_with(server, stanza, StanzaError::new(condition)).await;
+}
+
+/// Answers `stanza` with `error`, unless it is itself an error.
+pub async fn bounce_with(server: &Server, stanza: &Stanza, error: StanzaError) {
+    if let Some(reply) = stanza.error_reply(&error) {
+        route(server, reply).await;
+    }
+}

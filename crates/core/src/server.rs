@@ -1,0 +1,159 @@
+//! The node: configuration snapshot, stores, session manager and per-host modules.
+//!
+//! One `Server` value is shared (behind an `Arc`) by every connection task. Everything that can
+//! change at run time is an `ArcSwap` snapshot, so reads on the routing path take no lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use starling_config::Config;
+use starling_storage::Stores;
+use starling_xmpp::stanza::Stanza;
+use tokio::sync::watch;
+
+use crate::module::{HostContext, HostModules, Module, ModuleError};
+use crate::router;
+use crate::sm::{DEFAULT_INBOX, SessionManager};
+
+/// Default maximum number of roster items per user.
+pub const DEFAULT_MAX_ROSTER_ITEMS: u32 = 1000;
+
+/// Lifecycle state, reported by `status` and (later) `/health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Serving.
+    Running,
+    /// Shutting down: sessions are being closed.
+    Stopping,
+}
+
+/// A Starling node.
+pub struct Server {
+    config: ArcSwap<Config>,
+    stores: Arc<dyn Stores>,
+    sm: SessionManager,
+    hosts: ArcSwap<HashMap<String, Arc<HostModules>>>,
+    started: Instant,
+    state: watch::Sender<NodeState>,
+    max_roster_items: u32,
+}
+
+impl Server {
+    /// Builds the node and starts each host's modules from `catalogue` as the config lists them.
+    pub fn new(
+        config: Config,
+        stores: Arc<dyn Stores>,
+        catalogue: &[Arc<dyn Module>],
+    ) -> Result<Arc<Self>, ModuleError> {
+        let hosts = start_modules(&config, catalogue)?;
+        let (state, _) = watch::channel(NodeState::Running);
+        Ok(Arc::new(Self {
+            config: ArcSwap::from_pointee(config),
+            stores,
+            sm: SessionManager::new(DEFAULT_INBOX),
+            hosts: ArcSwap::from_pointee(hosts),
+            started: Instant::now(),
+            state,
+            max_roster_items: DEFAULT_MAX_ROSTER_ITEMS,
+        }))
+    }
+
+    /// The current configuration snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The persistent stores.
+    pub fn stores(&self) -> &dyn Stores {
+        &*self.stores
+    }
+
+    /// The session manager.
+    pub fn sm(&self) -> &SessionManager {
+        &self.sm
+    }
+
+    /// The modules running on `host`, if it is one of ours.
+    pub fn host_modules(&self, host: &str) -> Option<Arc<HostModules>> {
+        self.hosts.load().get(host).cloned()
+    }
+
+    /// True if `domain` is served by this node.
+    pub fn is_local(&self, domain: &str) -> bool {
+        self.hosts.load().contains_key(domain)
+    }
+
+    /// The hosts served, in config order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.config.load().hosts.clone()
+    }
+
+    /// Routes a stanza to completion (router → local router → session manager).
+    pub async fn route(&self, stanza: Stanza) {
+        router::route(self, stanza).await;
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Maximum roster size per user.
+    pub fn max_roster_items(&self) -> u32 {
+        self.max_roster_items
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> NodeState {
+        *self.state.borrow()
+    }
+
+    /// A receiver that changes when the node starts stopping.
+    pub fn state_changes(&self) -> watch::Receiver<NodeState> {
+        self.state.subscribe()
+    }
+
+    /// Starts the shutdown: listeners stop accepting and sessions close with
+    /// `<system-shutdown/>`.
+    pub fn begin_shutdown(&self) {
+        self.state.send_replace(NodeState::Stopping);
+        self.sm.close_all(&starling_xmpp::error::StreamError::new(
+            starling_xmpp::error::StreamErrorCondition::SystemShutdown,
+        ));
+    }
+}
+
+/// Seconds since the Unix epoch, for stored timestamps.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn start_modules(
+    config: &Config,
+    catalogue: &[Arc<dyn Module>],
+) -> Result<HashMap<String, Arc<HostModules>>, ModuleError> {
+    let mut hosts = HashMap::new();
+    for host in &config.hosts {
+        let listed = config.host_modules.get(host).unwrap_or(&config.modules);
+        let mut started = HostModules::default();
+        for module_config in listed {
+            let Some(module) = catalogue
+                .iter()
+                .find(|m| m.spec().name == module_config.name)
+            else {
+                // The loader only lets through modules of the catalogue; others were warned about.
+                continue;
+            };
+            let registrations = module.start(&HostContext { host }, &module_config.options)?;
+            started.names.push(module.spec().name);
+            started.registrations.extend(registrations);
+        }
+        hosts.insert(host.clone(), Arc::new(started));
+    }
+    Ok(hosts)
+}
