@@ -1,0 +1,600 @@
+//! Runs commands against a node, with ejabberdctl's semantics and output formats.
+//!
+//! [`execute`] looks the command up in [`crate::spec`], validates the arguments against the
+//! spec (so the socket, the HTTP API and ad-hoc commands all get the same usage errors), and
+//! dispatches to one function per command. Failures carry an [`ErrorKind`] that decides
+//! `starlingctl`'s exit code; messages name the account, host or session concerned.
+//!
+//! Decisions where ejabberd is silent or where we differ:
+//! - `kick_session` closes the stream with `<policy-violation/>` (RFC 6120 §4.9.3.14) whose
+//!   text is the operator's reason: the session is ended by policy, and a standard condition
+//!   lets clients tell it from `<conflict/>` (replaced) and `<system-shutdown/>`.
+//! - `unregister` deletes first, then closes the account's sessions with `<not-authorized/>`
+//!   (the account no longer authorises them), so a client cannot log in again in between.
+//!   Unlike ejabberd, unregistering an unknown account is an error (exit 1).
+//! - Passwords are hashed (PBKDF2) on the blocking pool, never on a runtime worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_core::Server;
+use starling_core::server::NodeState;
+use starling_storage::StorageError;
+use starling_xmpp::error::{StreamError, StreamErrorCondition};
+use starling_xmpp::jid::{BareJid, nameprep};
+use starling_xmpp::scram::Credentials;
+
+use crate::spec::{self, CommandSpec, ErrorKind, Output, Request, Response};
+
+/// Runs `req` on `server`: validates it against its spec, then executes it.
+pub async fn execute(server: &Arc<Server>, req: &Request) -> Response {
+    let Some(spec) = spec::find(&req.command) else {
+        return Response::err(
+            ErrorKind::UnknownCommand,
+            spec::unknown_command_message(&req.command),
+        );
+    };
+    if let Err(e) = spec.validate(&req.args) {
+        return Response::err(ErrorKind::Usage, e.to_string());
+    }
+    match run(server, spec, &req.args).await {
+        Ok(output) => Response::Ok(output),
+        Err(Failure { kind, message }) => Response::Err { kind, message },
+    }
+}
+
+/// A failed command, turned into [`Response::Err`] by [`execute`].
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn storage(e: &StorageError) -> Self {
+        Self::new(ErrorKind::Internal, format!("Database error: {e}"))
+    }
+}
+
+type Outcome = Result<Output, Failure>;
+
+/// The argument at `i`; present because [`CommandSpec::validate`] ran first.
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i).map_or("", String::as_str)
+}
+
+async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outcome {
+    match spec.name {
+        "status" => status(server).await,
+        "stop" => Ok(stop(server)),
+        "register" => register(server, arg(args, 0), arg(args, 1), arg(args, 2)).await,
+        "unregister" => unregister(server, arg(args, 0), arg(args, 1)).await,
+        "change_password" => {
+            change_password(server, arg(args, 0), arg(args, 1), arg(args, 2)).await
+        }
+        "check_account" => check_account(server, arg(args, 0), arg(args, 1)).await,
+        "registered_users" => registered_users(server, arg(args, 0)).await,
+        "connected_users" => Ok(connected_users(server)),
+        "connected_users_number" => Ok(Output::Number(
+            u64::try_from(server.sm().count()).unwrap_or(u64::MAX),
+        )),
+        "kick_session" => kick_session(
+            server,
+            arg(args, 0),
+            arg(args, 1),
+            arg(args, 2),
+            arg(args, 3),
+        ),
+        "help" => match spec::help(args) {
+            Response::Ok(output) => Ok(output),
+            Response::Err { kind, message } => Err(Failure { kind, message }),
+        },
+        "list" => Ok(Output::List(spec::list_lines())),
+        // A spec without an implementation is a bug caught by the tests below, not a crash.
+        other => Err(Failure::new(
+            ErrorKind::Internal,
+            format!("Command {other} is not implemented by this node"),
+        )),
+    }
+}
+
+async fn status(server: &Server) -> Outcome {
+    let node = node_name(server).await;
+    match server.state() {
+        NodeState::Running => Ok(Output::Text(format!(
+            "The node {node} is started. Status: started\n\
+             Starling {} is running in that node\n\
+             Uptime: {}; sessions: {}",
+            env!("CARGO_PKG_VERSION"),
+            format_uptime(server.uptime()),
+            server.sm().count(),
+        ))),
+        NodeState::Stopping => Err(Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "The node {node} is stopping. Status: stopping\n\
+                 Starling is not running in that node"
+            ),
+        )),
+    }
+}
+
+fn stop(server: &Server) -> Output {
+    tracing::info!("stop requested on the control socket");
+    server.begin_shutdown();
+    Output::Nothing
+}
+
+async fn register(server: &Server, user: &str, host: &str, password: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    let stores = server.stores();
+    // Cheap check first, so a taken name does not cost a PBKDF2 run; `create` still reports
+    // the race with a concurrent registration.
+    if stores
+        .exists(&jid)
+        .await
+        .map_err(|e| Failure::storage(&e))?
+    {
+        return Err(already_registered(&jid));
+    }
+    let creds = hash_password(password).await?;
+    match stores.create(&jid, &creds).await {
+        Ok(()) => {
+            tracing::info!(jid = %jid, "account registered by an administrator");
+            Ok(Output::Text(format!("User {jid} successfully registered")))
+        }
+        Err(StorageError::AlreadyExists) => Err(already_registered(&jid)),
+        Err(e) => Err(Failure::storage(&e)),
+    }
+}
+
+fn already_registered(jid: &BareJid) -> Failure {
+    Failure::new(ErrorKind::Failed, format!("User {jid} already registered"))
+}
+
+fn no_such_user(jid: &BareJid) -> Failure {
+    Failure::new(ErrorKind::NotFound, format!("User {jid} does not exist"))
+}
+
+async fn unregister(server: &Server, user: &str, host: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    let removed = server
+        .stores()
+        .remove(&jid)
+        .await
+        .map_err(|e| Failure::storage(&e))?;
+    if !removed {
+        return Err(no_such_user(&jid));
+    }
+    server.sm().close_user(
+        &jid,
+        &StreamError::new(StreamErrorCondition::NotAuthorized).with_text("Account removed"),
+    );
+    tracing::info!(jid = %jid, "account removed by an administrator");
+    Ok(Output::Nothing)
+}
+
+async fn change_password(server: &Server, user: &str, host: &str, password: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    let creds = hash_password(password).await?;
+    match server.stores().set_credentials(&jid, &creds).await {
+        Ok(()) => {
+            tracing::info!(jid = %jid, "password changed by an administrator");
+            Ok(Output::Nothing)
+        }
+        Err(StorageError::NotFound) => Err(no_such_user(&jid)),
+        Err(e) => Err(Failure::storage(&e)),
+    }
+}
+
+async fn check_account(server: &Server, user: &str, host: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    match server.stores().exists(&jid).await {
+        Ok(true) => Ok(Output::Nothing),
+        Ok(false) => Err(no_such_user(&jid)),
+        Err(e) => Err(Failure::storage(&e)),
+    }
+}
+
+async fn registered_users(server: &Server, host: &str) -> Outcome {
+    let host = local_host(server, host)?;
+    server
+        .stores()
+        .list(&host)
+        .await
+        .map(Output::List)
+        .map_err(|e| Failure::storage(&e))
+}
+
+fn connected_users(server: &Server) -> Output {
+    let mut jids: Vec<String> = server.sm().all().iter().map(ToString::to_string).collect();
+    jids.sort();
+    Output::List(jids)
+}
+
+fn kick_session(server: &Server, user: &str, host: &str, resource: &str, reason: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    let full = jid.with_resource(resource).map_err(|e| {
+        Failure::new(
+            ErrorKind::Failed,
+            format!("Invalid resource {resource:?}: {e}"),
+        )
+    })?;
+    let Some(session) = server.sm().get(&full) else {
+        return Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("Session {full} not found on this node"),
+        ));
+    };
+    let mut error = StreamError::new(StreamErrorCondition::PolicyViolation);
+    if !reason.is_empty() {
+        error = error.with_text(reason);
+    }
+    session.close(error);
+    tracing::info!(jid = %full, reason, "session kicked by an administrator");
+    Ok(Output::Nothing)
+}
+
+/// Normalises `host` and checks that this node serves it.
+fn local_host(server: &Server, host: &str) -> Result<String, Failure> {
+    let domain = nameprep(host)
+        .map_err(|e| Failure::new(ErrorKind::Failed, format!("Invalid host {host:?}: {e}")))?;
+    if server.is_local(&domain) {
+        Ok(domain)
+    } else {
+        Err(Failure::new(
+            ErrorKind::NotFound,
+            format!(
+                "Unknown host {host}: this node serves {}",
+                server.hosts().join(", ")
+            ),
+        ))
+    }
+}
+
+/// The account JID `user@host`, normalised, on a host this node serves.
+fn account(server: &Server, user: &str, host: &str) -> Result<BareJid, Failure> {
+    let domain = local_host(server, host)?;
+    BareJid::new(Some(user), &domain).map_err(|e| {
+        Failure::new(
+            ErrorKind::Failed,
+            format!("Invalid user name {user:?}: {e}"),
+        )
+    })
+}
+
+/// Derives the SCRAM keys on the blocking pool: PBKDF2 would stall a runtime worker.
+async fn hash_password(password: &str) -> Result<Credentials, Failure> {
+    if password.is_empty() {
+        return Err(Failure::new(ErrorKind::Failed, "The password is empty"));
+    }
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Credentials::new(&password, Credentials::DEFAULT_ITERATIONS)
+    })
+    .await
+    .map_err(|e| Failure::new(ErrorKind::Internal, format!("Password hashing failed: {e}")))?
+    .map_err(|e| Failure::new(ErrorKind::Failed, format!("Invalid password: {e}")))
+}
+
+/// The node's name: the cluster `node_name`, else `starling@` and the machine's host name.
+async fn node_name(server: &Server) -> String {
+    if let Some(cluster) = &server.config().cluster {
+        return cluster.node_name.clone();
+    }
+    // Read from procfs rather than through libc: this crate forbids unsafe code.
+    let host = match tokio::fs::read_to_string("/proc/sys/kernel/hostname").await {
+        Ok(h) if !h.trim().is_empty() => h.trim().to_owned(),
+        _ => "localhost".to_owned(),
+    };
+    format!("starling@{host}")
+}
+
+/// `1d 2h 3m 4s`, leading zero units left out.
+fn format_uptime(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (days, hours, minutes, seconds) =
+        (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if days > 0 {
+        format!("{days}d {hours}h {minutes}m {seconds}s")
+    } else if hours > 0 {
+        format!("{hours}h {minutes}m {seconds}s")
+    } else if minutes > 0 {
+        format!("{minutes}m {seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use starling_config::Config;
+    use starling_storage_sql::SqlStore;
+    use starling_xmpp::jid::FullJid;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::spec::COMMANDS;
+
+    /// A node serving `example.org` on a fresh SQLite file, without modules.
+    pub(crate) async fn test_server() -> (Arc<Server>, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlStore::open_sqlite(&dir.path().join("starling.db"))
+            .await
+            .unwrap();
+        let mut config = Config::embedded_default(&[]);
+        config.hosts = vec!["example.org".to_owned()];
+        config.data_dir = dir.path().to_owned();
+        let server = Server::new(config, Arc::new(store), &[]).unwrap();
+        (server, dir)
+    }
+
+    async fn call(server: &Arc<Server>, command: &str, args: &[&str]) -> Response {
+        let req = Request {
+            command: command.to_owned(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        execute(server, &req).await
+    }
+
+    fn err(kind: ErrorKind, message: &str) -> Response {
+        Response::err(kind, message)
+    }
+
+    #[tokio::test]
+    async fn register_check_change_unregister() {
+        let (server, _dir) = test_server().await;
+        assert_eq!(
+            call(&server, "register", &["Alice", "example.org", "pw"]).await,
+            Response::Ok(Output::Text(
+                "User alice@example.org successfully registered".into()
+            ))
+        );
+        assert_eq!(
+            call(&server, "register", &["alice", "EXAMPLE.org", "other"]).await,
+            err(
+                ErrorKind::Failed,
+                "User alice@example.org already registered"
+            )
+        );
+        assert_eq!(
+            call(&server, "check_account", &["alice", "example.org"]).await,
+            Response::Ok(Output::Nothing)
+        );
+        assert_eq!(
+            call(&server, "check-account", &["bob", "example.org"]).await,
+            err(ErrorKind::NotFound, "User bob@example.org does not exist")
+        );
+
+        let before = server
+            .stores()
+            .credentials(&BareJid::parse("alice@example.org").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            call(&server, "change_password", &["alice", "example.org", "new"]).await,
+            Response::Ok(Output::Nothing)
+        );
+        let after = server
+            .stores()
+            .credentials(&BareJid::parse("alice@example.org").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(before, after, "the keys must change with the password");
+        assert_eq!(
+            call(&server, "change_password", &["bob", "example.org", "new"]).await,
+            err(ErrorKind::NotFound, "User bob@example.org does not exist")
+        );
+
+        assert_eq!(
+            call(&server, "register", &["bob", "example.org", "pw"]).await,
+            Response::Ok(Output::Text(
+                "User bob@example.org successfully registered".into()
+            ))
+        );
+        assert_eq!(
+            call(&server, "registered_users", &["example.org"]).await,
+            Response::Ok(Output::List(vec!["alice".into(), "bob".into()]))
+        );
+
+        // Unregistering closes the account's sessions.
+        let (_id, channels) = server
+            .sm()
+            .bind(FullJid::parse("alice@example.org/phone").unwrap(), None)
+            .unwrap();
+        assert_eq!(
+            call(&server, "unregister", &["alice", "example.org"]).await,
+            Response::Ok(Output::Nothing)
+        );
+        let closed = channels.close.borrow().clone().unwrap();
+        assert_eq!(closed.condition, StreamErrorCondition::NotAuthorized);
+        assert_eq!(
+            call(&server, "unregister", &["alice", "example.org"]).await,
+            err(ErrorKind::NotFound, "User alice@example.org does not exist")
+        );
+        assert_eq!(
+            call(&server, "registered_users", &["example.org"]).await,
+            Response::Ok(Output::List(vec!["bob".into()]))
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_host_and_invalid_names_are_reported() {
+        let (server, _dir) = test_server().await;
+        assert_eq!(
+            call(&server, "register", &["alice", "other.org", "pw"]).await,
+            err(
+                ErrorKind::NotFound,
+                "Unknown host other.org: this node serves example.org"
+            )
+        );
+        assert_eq!(
+            call(&server, "registered_users", &["other.org"]).await,
+            err(
+                ErrorKind::NotFound,
+                "Unknown host other.org: this node serves example.org"
+            )
+        );
+        let Response::Err { kind, message } =
+            call(&server, "register", &["al@ice", "example.org", "pw"]).await
+        else {
+            panic!("an invalid user name must be refused")
+        };
+        assert_eq!(kind, ErrorKind::Failed);
+        assert!(
+            message.starts_with("Invalid user name \"al@ice\""),
+            "{message}"
+        );
+        assert_eq!(
+            call(&server, "register", &["alice", "example.org", ""]).await,
+            err(ErrorKind::Failed, "The password is empty")
+        );
+        assert_eq!(
+            call(&server, "registered_users", &["example.org"]).await,
+            Response::Ok(Output::List(vec![]))
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_and_unknown_commands() {
+        let (server, _dir) = test_server().await;
+        assert_eq!(
+            call(&server, "register", &["alice", "example.org"]).await,
+            err(
+                ErrorKind::Usage,
+                "register takes 3 argument(s) but 2 were given (missing PASSWORD)\n\
+                 Usage: register USER HOST PASSWORD"
+            )
+        );
+        assert_eq!(
+            call(&server, "regster", &[]).await,
+            err(
+                ErrorKind::UnknownCommand,
+                "Unknown command \"regster\". Did you mean \"register\"?"
+            )
+        );
+        assert!(matches!(
+            call(&server, "help", &["nope_nothing_like_it"]).await,
+            Response::Err {
+                kind: ErrorKind::UnknownCommand,
+                ..
+            }
+        ));
+        let Response::Ok(Output::List(lines)) = call(&server, "list", &[]).await else {
+            panic!("list failed")
+        };
+        assert!(lines.contains(&"kick_session USER HOST RESOURCE REASON".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn sessions_listing_and_kick() {
+        let (server, _dir) = test_server().await;
+        let sm = server.sm();
+        let (_a, phone) = sm
+            .bind(FullJid::parse("bob@example.org/phone").unwrap(), None)
+            .unwrap();
+        let (_b, laptop) = sm
+            .bind(FullJid::parse("alice@example.org/laptop").unwrap(), None)
+            .unwrap();
+        assert_eq!(
+            call(&server, "connected_users", &[]).await,
+            Response::Ok(Output::List(vec![
+                "alice@example.org/laptop".into(),
+                "bob@example.org/phone".into()
+            ]))
+        );
+        assert_eq!(
+            call(&server, "connected-users-number", &[]).await,
+            Response::Ok(Output::Number(2))
+        );
+        assert_eq!(
+            call(
+                &server,
+                "kick_session",
+                &["bob", "example.org", "phone", "Spamming"]
+            )
+            .await,
+            Response::Ok(Output::Nothing)
+        );
+        let closed = phone.close.borrow().clone().unwrap();
+        assert_eq!(closed.condition, StreamErrorCondition::PolicyViolation);
+        assert_eq!(closed.text.as_deref(), Some("Spamming"));
+        assert!(laptop.close.borrow().is_none(), "other sessions stay open");
+        assert_eq!(
+            call(
+                &server,
+                "kick_session",
+                &["bob", "example.org", "tablet", "x"]
+            )
+            .await,
+            err(
+                ErrorKind::NotFound,
+                "Session bob@example.org/tablet not found on this node"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn status_and_stop() {
+        let (server, _dir) = test_server().await;
+        let Response::Ok(Output::Text(text)) = call(&server, "status", &[]).await else {
+            panic!("status failed")
+        };
+        assert!(text.starts_with("The node starling@"), "{text}");
+        assert!(text.contains("is started. Status: started"), "{text}");
+        assert!(text.contains("sessions: 0"), "{text}");
+
+        let (_id, session) = server
+            .sm()
+            .bind(FullJid::parse("bob@example.org/phone").unwrap(), None)
+            .unwrap();
+        assert_eq!(
+            call(&server, "stop", &[]).await,
+            Response::Ok(Output::Nothing)
+        );
+        assert_eq!(server.state(), NodeState::Stopping);
+        let closed = session.close.borrow().clone().unwrap();
+        assert_eq!(closed.condition, StreamErrorCondition::SystemShutdown);
+        let Response::Err { kind, message } = call(&server, "status", &[]).await else {
+            panic!("status must fail while stopping")
+        };
+        assert_eq!(kind, ErrorKind::Failed);
+        assert!(message.contains("Status: stopping"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn every_spec_is_implemented() {
+        let (server, _dir) = test_server().await;
+        for spec in COMMANDS.iter().filter(|c| c.name != "stop") {
+            // Arguments that exist nowhere: every command must answer something other than
+            // "not implemented".
+            let args: Vec<&str> = spec
+                .args
+                .iter()
+                .filter(|a| !a.optional)
+                .map(|_| "nobody")
+                .collect();
+            let resp = call(&server, spec.name, &args).await;
+            if let Response::Err { kind, message } = &resp {
+                assert_ne!(*kind, ErrorKind::Internal, "{}: {message}", spec.name);
+                assert_ne!(*kind, ErrorKind::Usage, "{}: {message}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn uptime_format() {
+        assert_eq!(format_uptime(Duration::from_secs(5)), "5s");
+        assert_eq!(format_uptime(Duration::from_secs(65)), "1m 5s");
+        assert_eq!(format_uptime(Duration::from_secs(3600)), "1h 0m 0s");
+        assert_eq!(format_uptime(Duration::from_secs(90_061)), "1d 1h 1m 1s");
+    }
+}
