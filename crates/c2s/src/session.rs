@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use starling_config::Config;
 use starling_core::Server;
+use starling_core::hooks::{HookResult, SessionClosed, UserReceivePacket, UserSendPacket};
 use starling_core::module::StreamContext;
 use starling_core::presence::{self, PresenceState};
 use starling_core::sm::{BindError, SessionChannels, SessionId, SessionMsg};
@@ -736,6 +737,9 @@ async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
             msg = inbox.recv() => {
                 match msg {
                     Some(SessionMsg::Stanza(stanza)) => {
+                        if !session.receive_hook(&stanza).await {
+                            continue;
+                        }
                         if conn.write(&stanza.bytes()).await.is_err() {
                             break 'outer End::Eof;
                         }
@@ -777,6 +781,12 @@ async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
     let server2 = session.server.clone();
     server2.sm().unbind(&session.full, id);
     presence::session_closed(&server2, &mut session.presence, status.as_deref()).await;
+    if let Some(modules) = server2.host_modules(&session.host) {
+        let mut arg = SessionClosed {
+            session: session.full.clone(),
+        };
+        modules.hooks().session_closed.run(&server2, &mut arg).await;
+    }
     match ending {
         End::Stream(e) => conn.fail(e).await,
         End::Closed => conn.close().await,
@@ -794,6 +804,26 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl Established {
+    /// `user_receive_packet`: false if a module consumed the stanza (privacy lists, CSI).
+    async fn receive_hook(&self, stanza: &Arc<Stanza>) -> bool {
+        let Some(modules) = self.server.host_modules(&self.host) else {
+            return true;
+        };
+        if modules.hooks().user_receive_packet.is_empty() {
+            return true;
+        }
+        let mut arg = UserReceivePacket {
+            session: self.full.clone(),
+            stanza: stanza.clone(),
+        };
+        modules
+            .hooks()
+            .user_receive_packet
+            .run(&self.server, &mut arg)
+            .await
+            == HookResult::Continue
+    }
+
     /// A first-level element from the bound client (ejabberd's `user_send_packet` point).
     async fn client_stanza(&mut self, mut el: Element) -> Result<(), StreamError> {
         let Some(kind) = Kind::of(&el) else {
@@ -809,7 +839,8 @@ impl Established {
             }
         }
         set_attr(&mut el, "from", self.full.as_str());
-        if kind == Kind::Presence {
+        if kind == Kind::Presence && el.attr("to").is_none() {
+            // Presence broadcasts are not stanzas to anyone yet: no user_send_packet.
             presence::from_client(&self.server, &mut self.presence, el).await;
             return Ok(());
         }
@@ -840,9 +871,36 @@ impl Established {
             self.pending_ping = None;
             return Ok(());
         }
-        match Stanza::new(el, self.full.clone().into(), to) {
-            Ok(stanza) => self.server.route(stanza).await,
-            Err(e) => tracing::debug!(error = %e, "dropped unroutable stanza"),
+        let stanza = match Stanza::new(el, self.full.clone().into(), to) {
+            Ok(stanza) => stanza,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped unroutable stanza");
+                return Ok(());
+            }
+        };
+        let stanza = match self.server.host_modules(&self.host) {
+            Some(modules) if !modules.hooks().user_send_packet.is_empty() => {
+                let mut arg = UserSendPacket {
+                    session: self.full.clone(),
+                    stanza,
+                };
+                if modules
+                    .hooks()
+                    .user_send_packet
+                    .run(&self.server, &mut arg)
+                    .await
+                    == HookResult::Stop
+                {
+                    return Ok(());
+                }
+                arg.stanza
+            }
+            _ => stanza,
+        };
+        if kind == Kind::Presence {
+            presence::from_client(&self.server, &mut self.presence, stanza.into_element()).await;
+        } else {
+            self.server.route(stanza).await;
         }
         Ok(())
     }

@@ -165,17 +165,12 @@ fn no_such_user(jid: &BareJid) -> Failure {
 async fn unregister(server: &Server, user: &str, host: &str) -> Outcome {
     let jid = account(server, user, host)?;
     let removed = server
-        .stores()
-        .remove(&jid)
+        .remove_user(&jid, "Account removed")
         .await
         .map_err(|e| Failure::storage(&e))?;
     if !removed {
         return Err(no_such_user(&jid));
     }
-    server.sm().close_user(
-        &jid,
-        &StreamError::new(StreamErrorCondition::NotAuthorized).with_text("Account removed"),
-    );
     tracing::info!(jid = %jid, "account removed by an administrator");
     Ok(Output::Nothing)
 }

@@ -11,6 +11,7 @@ use starling_xmpp::error::StanzaErrorCondition;
 use starling_xmpp::jid::BareJid;
 use starling_xmpp::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 
+use crate::hooks::{HookResult, OfflineMessage, SmReceivePacket};
 use crate::module::IqTarget;
 use crate::presence;
 use crate::router::{bounce, bounce_with, route as route_any};
@@ -64,8 +65,28 @@ pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
 
 /// RFC 6121 §8.5: delivery to a local user's bare or full JID.
 pub async fn deliver_to_user(server: &Server, stanza: Stanza) {
+    let bare = stanza.to().to_bare();
+    // `sm_receive_packet` runs once per stanza and account (blocking, archiving, carbons).
+    let stanza = match server.host_modules(bare.domain()) {
+        Some(modules) if !modules.hooks().sm_receive_packet.is_empty() => {
+            let mut arg = SmReceivePacket {
+                user: bare.clone(),
+                stanza,
+            };
+            if modules
+                .hooks()
+                .sm_receive_packet
+                .run(server, &mut arg)
+                .await
+                == HookResult::Stop
+            {
+                return;
+            }
+            arg.stanza
+        }
+        _ => stanza,
+    };
     let to = stanza.to().clone();
-    let bare = to.to_bare();
     match to.into_full() {
         Ok(full) => match server.sm().get(&full) {
             Some(session) => deliver_to_full(server, &session, stanza).await,
@@ -146,11 +167,32 @@ async fn deliver_message_to_bare(server: &Server, stanza: Stanza, bare: &BareJid
         }
         return;
     }
-    // No available resource: offline storage comes with mod_offline; until then the sender
-    // learns the message was not delivered. Headlines are dropped silently (§8.5.2.2.1).
+    // No available resource (§8.5.2.2.1): headlines are dropped; chat and normal messages to
+    // an existing account go to the `offline_message` hook (mod_offline stores them); when
+    // nothing takes them, or the account does not exist, the sender gets an error.
     if kind == MessageType::Headline {
         return;
     }
+    let exists = match server.stores().exists(bare).await {
+        Ok(exists) => exists,
+        Err(e) => {
+            tracing::error!(user = %bare, error = %e, "cannot check account");
+            false
+        }
+    };
+    let stanza = match server.host_modules(bare.domain()) {
+        Some(modules) if exists && !modules.hooks().offline_message.is_empty() => {
+            let mut arg = OfflineMessage {
+                user: bare.clone(),
+                stanza,
+            };
+            if modules.hooks().offline_message.run(server, &mut arg).await == HookResult::Stop {
+                return;
+            }
+            arg.stanza
+        }
+        _ => stanza,
+    };
     bounce(server, &stanza, StanzaErrorCondition::ServiceUnavailable).await;
 }
 

@@ -13,6 +13,7 @@ use starling_xmpp::error::StanzaError;
 use starling_xmpp::stanza::Stanza;
 
 use crate::BoxFuture;
+use crate::hooks::HookSet;
 use crate::server::Server;
 
 /// Who an IQ handler answers for.
@@ -90,6 +91,8 @@ pub struct Registrations {
     pub pre_auth_features: Vec<(&'static str, &'static str)>,
     /// IQ handlers for unauthenticated streams, by namespace.
     pub stream_iq: Vec<(&'static str, Arc<dyn StreamIqHandler>)>,
+    /// Hook handlers.
+    pub hooks: HookSet,
 }
 
 impl Registrations {
@@ -134,6 +137,7 @@ impl Registrations {
         self.stream_features.extend(other.stream_features);
         self.pre_auth_features.extend(other.pre_auth_features);
         self.stream_iq.extend(other.stream_iq);
+        self.hooks.extend(other.hooks);
     }
 }
 
@@ -212,6 +216,11 @@ impl HostModules {
         vars.sort_unstable();
         vars.dedup();
         vars
+    }
+
+    /// The hooks of this host.
+    pub fn hooks(&self) -> &HookSet {
+        &self.registrations.hooks
     }
 
     /// True if the named module runs on this host.

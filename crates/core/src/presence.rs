@@ -16,6 +16,7 @@ use starling_xmpp::jid::{BareJid, FullJid, Jid};
 use starling_xmpp::ns;
 use starling_xmpp::stanza::{PresenceType, Stanza, element, remove_attr, set_attr};
 
+use crate::hooks::UserAvailable;
 use crate::roster::{self, Outcome};
 use crate::router::{bounce, bounce_with, route};
 use crate::server::{Server, unix_now};
@@ -156,6 +157,12 @@ async fn broadcast_available(server: &Server, state: &mut PresenceState, mut el:
                     deliver_copy(&me, &request, item.jid.clone().into(), user.clone().into());
                 }
             }
+        }
+        if let Some(modules) = server.host_modules(user.domain()) {
+            let mut arg = UserAvailable {
+                session: state.jid.clone(),
+            };
+            modules.hooks().user_available.run(server, &mut arg).await;
         }
     }
 }

@@ -95,6 +95,32 @@ impl Server {
         router::route(self, stanza).await;
     }
 
+    /// Deletes an account: runs the `remove_user` hook (modules delete their data and tell
+    /// contacts), removes it from the store and closes its sessions with `reason`.
+    /// Returns false if there was no such account.
+    pub async fn remove_user(
+        &self,
+        user: &starling_xmpp::jid::BareJid,
+        reason: &str,
+    ) -> Result<bool, starling_storage::StorageError> {
+        if !self.stores.exists(user).await? {
+            return Ok(false);
+        }
+        if let Some(modules) = self.host_modules(user.domain()) {
+            let mut arg = crate::hooks::RemoveUser { user: user.clone() };
+            modules.hooks().remove_user.run(self, &mut arg).await;
+        }
+        let removed = self.stores.remove(user).await?;
+        self.sm.close_user(
+            user,
+            &starling_xmpp::error::StreamError::new(
+                starling_xmpp::error::StreamErrorCondition::NotAuthorized,
+            )
+            .with_text(reason),
+        );
+        Ok(removed)
+    }
+
     /// Time since start.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()

@@ -37,7 +37,7 @@ use starling_core::module::{
 };
 use starling_storage::{Credentials, StorageError};
 use starling_xmpp::Element;
-use starling_xmpp::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use starling_xmpp::error::{StanzaError, StanzaErrorCondition};
 use starling_xmpp::jid::{BareJid, nodeprep};
 use starling_xmpp::ns;
 use starling_xmpp::stanza::{IqType, Stanza, element, text_element};
@@ -501,15 +501,10 @@ fn registered(user: &BareJid) -> Element {
 /// The result is routed by the caller after the close signal is set; the connection task
 /// writes what is already in its inbox before closing, so the client still sees it.
 async fn remove_account(server: &Server, user: &BareJid) -> IqResult {
-    crate::roster::cancel_subscriptions(server, user).await;
-    if let Err(e) = server.stores().remove(user).await {
+    if let Err(e) = server.remove_user(user, "account removed").await {
         return Err(iq::storage_failure("cannot remove account", user, &e));
     }
     tracing::info!(%user, "account removed in-band");
-    server.sm().close_user(
-        user,
-        &StreamError::new(StreamErrorCondition::NotAuthorized).with_text("account removed"),
-    );
     Ok(None)
 }
 
@@ -873,7 +868,7 @@ mod tests {
         assert!(!f.server.stores().exists(&alice).await.unwrap());
         for ch in [&s.channels, &other.channels] {
             let err = ch.close.borrow().clone().unwrap();
-            assert_eq!(err.condition, StreamErrorCondition::NotAuthorized);
+            assert_eq!(err.condition, starling_xmpp::error::StreamErrorCondition::NotAuthorized);
         }
         // Bob's roster no longer has Alice's subscription in either direction.
         let kinds: Vec<String> = bob_session

@@ -35,6 +35,7 @@ use starling_config::{
 };
 use starling_core::BoxFuture;
 use starling_core::Server;
+use starling_core::hooks::{Hook, HookResult, RemoveUser};
 use starling_core::module::{
     HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
 };
@@ -100,7 +101,27 @@ impl Module for Roster {
         if versioning {
             registrations = registrations.stream_feature("ver", ns::ROSTER_VER);
         }
+        registrations
+            .hooks
+            .remove_user
+            .add(50, Arc::new(CancelOnRemove));
         Ok(registrations)
+    }
+}
+
+/// `remove_user`: contacts are told the subscriptions end before the roster disappears.
+struct CancelOnRemove;
+
+impl Hook<RemoveUser> for CancelOnRemove {
+    fn call<'a>(
+        &'a self,
+        server: &'a Server,
+        arg: &'a mut RemoveUser,
+    ) -> BoxFuture<'a, HookResult> {
+        Box::pin(async move {
+            cancel_subscriptions(server, &arg.user).await;
+            HookResult::Continue
+        })
     }
 }
 
