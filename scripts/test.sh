@@ -7,7 +7,8 @@
 #   doctests cargo test --workspace --doc --locked
 #   interop  pytest interop/ against target/debug/{starling,starlingctl}
 # Installs what the steps need when missing: rustfmt/clippy via rustup, python3 and
-# its venv module via apt (Debian, as root), the pinned Python packages of
+# its venv module and ejabberd (for its default config file) via apt (Debian, as root),
+# the pinned Python packages of
 # interop/requirements.txt into interop/.venv.
 #
 # Every step runs even after a failure (one CI run shows every problem), except
@@ -101,6 +102,19 @@ ensure_venv() {
     echo "$want" >"$stamp"
 }
 
+ensure_ejabberd() {
+    # Tests load Debian's /etc/ejabberd/ejabberd.yml (ejabberd's own default file must start
+    # Starling). Only the files are needed: keep the package's service from starting.
+    [[ -f /etc/ejabberd/ejabberd.yml ]] && return 0
+    local policy=/usr/sbin/policy-rc.d created=0 rc=0
+    if ((EUID == 0)) && [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt_install ejabberd || rc=$?
+    ((created)) && rm -f "$policy"
+    return "$rc"
+}
+
 # ---------------------------------------------------------------- steps
 
 declare -A status=() took=()
@@ -135,6 +149,7 @@ step_clippy() {
 }
 step_build() { cargo build --workspace --all-targets --locked; }
 step_tests() {
+    ensure_ejabberd || return 1
     local profile=default
     [[ ${CI:-} == true ]] && profile=ci
     if cargo nextest --version >/dev/null 2>&1; then

@@ -183,24 +183,53 @@ pub enum ClusterDiscovery {
     Sql,
 }
 
+/// The configuration used when no file is given; every catalogue module is appended under
+/// `modules:` with the options of [`EMBEDDED_MODULE_OPTIONS`] (or none).
+const EMBEDDED_DEFAULT: &str = "\
+hosts: [localhost]
+loglevel: info
+data_dir: data
+listen:
+  - {port: 5222, module: ejabberd_c2s, starttls_required: true}
+  - {port: 5223, module: ejabberd_c2s, tls: true}
+acl:
+  local: {user_regexp: \"\"}
+  loopback: {ip: [127.0.0.0/8, \"::1/128\"]}
+access_rules:
+  local: {allow: local}
+  trusted_network: {allow: loopback}
+modules:
+";
+
+/// Module options of the embedded defaults that differ from the modules' own: as in
+/// ejabberd's default file, in-band registration is open only from this machine.
+const EMBEDDED_MODULE_OPTIONS: &[(&str, &str)] = &[
+    ("mod_register", "{ip_access: trusted_network}"),
+    ("mod_roster", "{versioning: true}"),
+];
+
 impl Config {
     /// The configuration used when no file is given: `localhost`, the default listeners and
     /// every catalogue module with default options.
     pub fn embedded_default(modules: &[ModuleSpec]) -> Self {
-        let mut config = Self::base();
-        config.modules = modules
-            .iter()
-            .map(|m| ModuleConfig {
-                name: m.name.to_owned(),
-                options: ModuleOptions::new(),
-            })
-            .collect();
-        config.host_modules = config
-            .hosts
-            .iter()
-            .map(|h| (h.clone(), config.modules.clone()))
-            .collect();
-        config
+        let mut text = String::from(EMBEDDED_DEFAULT);
+        for m in modules {
+            let options = EMBEDDED_MODULE_OPTIONS
+                .iter()
+                .find(|(name, _)| *name == m.name)
+                .map_or("{}", |(_, o)| o);
+            text.push_str(&format!("  {}: {options}\n", m.name));
+        }
+        match load_str(&text, "<embedded defaults>", modules) {
+            Ok(config) => config,
+            Err(diagnostics) => {
+                // Only a module whose own defaults are invalid can get here; serve without
+                // modules rather than not at all, and say why.
+                let mut config = Self::base();
+                config.warnings = diagnostics.0;
+                config
+            }
+        }
     }
 
     /// The defaults every load starts from.
