@@ -868,7 +868,10 @@ mod tests {
         assert!(!f.server.stores().exists(&alice).await.unwrap());
         for ch in [&s.channels, &other.channels] {
             let err = ch.close.borrow().clone().unwrap();
-            assert_eq!(err.condition, starling_xmpp::error::StreamErrorCondition::NotAuthorized);
+            assert_eq!(
+                err.condition,
+                starling_xmpp::error::StreamErrorCondition::NotAuthorized
+            );
         }
         // Bob's roster no longer has Alice's subscription in either direction.
         let kinds: Vec<String> = bob_session

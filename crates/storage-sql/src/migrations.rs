@@ -16,11 +16,14 @@ use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// `(version, description, SQL)` of every SQLite migration, ascending.
-pub const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "accounts rosters last",
-    include_str!("../migrations/sqlite/0001_accounts_rosters_last.sql"),
-)];
+pub const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
+    // One migration per line, numbered as assigned; the PostgreSQL folder mirrors them.
+    (
+        1,
+        "accounts rosters last",
+        include_str!("../migrations/sqlite/0001_accounts_rosters_last.sql"),
+    ),
+];
 
 /// A migrator over [`MIGRATIONS_SQLITE`].
 pub(crate) fn sqlite_migrator() -> Migrator {

@@ -37,7 +37,12 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 ///
 /// One object rather than one per store so that cross-store operations (removing an account
 /// removes its roster and last activity) can run in a single transaction.
-pub trait Stores: AccountStore + RosterStore + LastActivityStore {
+pub trait Stores:
+    // One store trait per line: features add theirs here.
+    AccountStore
+    + RosterStore
+    + LastActivityStore
+{
     /// The backend's name as in ejabberd's `sql_type`: `"sqlite"` or `"pgsql"`.
     fn backend_name(&self) -> &'static str;
 
