@@ -13,6 +13,7 @@
 //! | [`UserReceivePacket`] | per session, before writing to the client | privacy lists, CSI |
 //! | [`OfflineMessage`] | a message for an account with no available resource | mod_offline |
 //! | [`UserAvailable`] | a session sent its initial presence | offline flush |
+//! | [`PresenceBroadcast`] | a session broadcasts presence (no `to`), before it is sent | caps (PEP), avatar hashes |
 //! | [`SessionClosed`] | a bound session ended | caps, MUC, stream management |
 //! | [`RemoveUser`] | an account is being deleted | every module storing user data |
 
@@ -121,6 +122,15 @@ pub struct UserAvailable {
     pub session: FullJid,
 }
 
+/// A session broadcasts presence (available or unavailable, without `to`); handlers may
+/// read it (entity capabilities) or modify it (XEP-0153 avatar hash) before it goes out.
+pub struct PresenceBroadcast {
+    /// The session.
+    pub session: FullJid,
+    /// The presence element, `from` already stamped.
+    pub presence: starling_xmpp::Element,
+}
+
 /// A bound session ended.
 pub struct SessionClosed {
     /// The session.
@@ -146,6 +156,8 @@ pub struct HookSet {
     pub offline_message: Handlers<OfflineMessage>,
     /// See [`UserAvailable`].
     pub user_available: Handlers<UserAvailable>,
+    /// See [`PresenceBroadcast`].
+    pub presence_broadcast: Handlers<PresenceBroadcast>,
     /// See [`SessionClosed`].
     pub session_closed: Handlers<SessionClosed>,
     /// See [`RemoveUser`].
@@ -160,6 +172,7 @@ impl HookSet {
         self.user_receive_packet.extend(other.user_receive_packet);
         self.offline_message.extend(other.offline_message);
         self.user_available.extend(other.user_available);
+        self.presence_broadcast.extend(other.presence_broadcast);
         self.session_closed.extend(other.session_closed);
         self.remove_user.extend(other.remove_user);
     }

@@ -16,7 +16,7 @@ use starling_xmpp::jid::{BareJid, FullJid, Jid};
 use starling_xmpp::ns;
 use starling_xmpp::stanza::{PresenceType, Stanza, element, remove_attr, set_attr};
 
-use crate::hooks::UserAvailable;
+use crate::hooks::{PresenceBroadcast, UserAvailable};
 use crate::roster::{self, Outcome};
 use crate::router::{bounce, bounce_with, route};
 use crate::server::{Server, unix_now};
@@ -116,9 +116,30 @@ async fn roster_or_empty(server: &Server, user: &BareJid) -> Vec<RosterItem> {
     }
 }
 
+/// Runs the `presence_broadcast` hook; modules may read or amend the presence.
+async fn presence_hook(server: &Server, state: &PresenceState, el: Element) -> Element {
+    let Some(modules) = server.host_modules(state.jid.domain()) else {
+        return el;
+    };
+    if modules.hooks().presence_broadcast.is_empty() {
+        return el;
+    }
+    let mut arg = PresenceBroadcast {
+        session: state.jid.clone(),
+        presence: el,
+    };
+    modules
+        .hooks()
+        .presence_broadcast
+        .run(server, &mut arg)
+        .await;
+    arg.presence
+}
+
 async fn broadcast_available(server: &Server, state: &mut PresenceState, mut el: Element) {
     remove_attr(&mut el, "to");
     set_attr(&mut el, "from", state.jid.as_str());
+    let el = presence_hook(server, state, el).await;
     let initial = !state.available;
     state.available = true;
     let priority = priority_of(&el);
@@ -207,6 +228,7 @@ async fn broadcast_unavailable(server: &Server, state: &mut PresenceState, mut e
     }
     remove_attr(&mut el, "to");
     set_attr(&mut el, "from", state.jid.as_str());
+    let el = presence_hook(server, state, el).await;
     state.available = false;
     server.sm().update(&state.jid, state.id, |e| {
         e.available = false;
