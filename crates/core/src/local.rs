@@ -39,8 +39,11 @@ pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
         return;
     };
     if !kind.is_request() {
-        // Results and errors addressed to the server answer nothing we asked through the
-        // router (connection-level pings are matched by the connection itself).
+        // Results and errors to the server answer requests modules sent with
+        // `Server::iq_query`; others (unknown ids) are dropped, never answered.
+        if target == IqTarget::Host {
+            let _ = server.iq_answered(stanza);
+        }
         return;
     }
     let mut children = stanza.element().children();

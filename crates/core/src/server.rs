@@ -38,6 +38,14 @@ pub struct Server {
     started: Instant,
     state: watch::Sender<NodeState>,
     max_roster_items: u32,
+    /// IQ requests the server itself sent, awaiting their result, by id.
+    pending_iq: dashmap::DashMap<
+        String,
+        (
+            starling_xmpp::jid::Jid,
+            tokio::sync::oneshot::Sender<Stanza>,
+        ),
+    >,
 }
 
 impl Server {
@@ -57,6 +65,7 @@ impl Server {
             started: Instant::now(),
             state,
             max_roster_items: DEFAULT_MAX_ROSTER_ITEMS,
+            pending_iq: dashmap::DashMap::new(),
         }))
     }
 
@@ -119,6 +128,43 @@ impl Server {
             .with_text(reason),
         );
         Ok(removed)
+    }
+
+    /// Sends an IQ request on the server's behalf (its `from` is one of our hosts) and waits
+    /// up to `timeout` for the result or error, which the local router hands back here
+    /// (e.g. disco#info queries to clients for entity capabilities). `None` on timeout.
+    pub async fn iq_query(&self, request: Stanza, timeout: std::time::Duration) -> Option<Stanza> {
+        let id = request.id()?.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending_iq
+            .insert(id.clone(), (request.to().clone(), tx));
+        self.route(request).await;
+        let answer = tokio::time::timeout(timeout, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.pending_iq.remove(&id);
+        answer
+    }
+
+    /// Hands an IQ result or error addressed to a host to the `iq_query` waiting for it.
+    /// Returns the stanza back if nobody waits for it.
+    pub(crate) fn iq_answered(&self, answer: Stanza) -> Option<Stanza> {
+        let Some(id) = answer.id() else {
+            return Some(answer);
+        };
+        // Only an answer from the entity the request went to counts (no spoofed results).
+        let expected = self
+            .pending_iq
+            .get(id)
+            .is_some_and(|entry| entry.0 == *answer.from());
+        if !expected {
+            return Some(answer);
+        }
+        match self.pending_iq.remove(id) {
+            Some((_, (_, tx))) => tx.send(answer).err(),
+            None => Some(answer),
+        }
     }
 
     /// Time since start.
