@@ -1,0 +1,263 @@
+//! The mesh wire format (DESIGN.md §7.1).
+//!
+//! A link starts with an 8-byte preamble, `b"STRL"` and the lowest and highest protocol
+//! versions the sender speaks (big-endian `u16`s); the highest version both speak is used, so
+//! nodes of version N and N+1 interoperate during a rolling upgrade. Then frames follow: a
+//! big-endian `u32` length (at most [`MAX_FRAME`]) and a postcard-encoded [`Message`].
+//! [`Message`] only ever grows at the end, so an older node decodes what it knows.
+
+use serde::{Deserialize, Serialize};
+
+/// Preamble magic.
+pub const MAGIC: [u8; 4] = *b"STRL";
+/// Oldest protocol version this build speaks.
+pub const PROTOCOL_MIN: u16 = 1;
+/// Newest protocol version this build speaks.
+pub const PROTOCOL_MAX: u16 = 1;
+/// Largest frame accepted (16 MiB): a snapshot of a large session table fits; garbage does not
+/// make us allocate more.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Why bytes from a peer are not a valid stream of frames.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The preamble does not start with `STRL`: not a Starling node.
+    #[error("not a Starling cluster peer (bad preamble)")]
+    BadMagic,
+    /// The version ranges do not overlap.
+    #[error(
+        "no common protocol version (ours {ours_min}-{ours_max}, theirs {theirs_min}-{theirs_max})"
+    )]
+    NoCommonVersion {
+        /// Our lowest.
+        ours_min: u16,
+        /// Our highest.
+        ours_max: u16,
+        /// Their lowest.
+        theirs_min: u16,
+        /// Their highest.
+        theirs_max: u16,
+    },
+    /// A frame announced more than [`MAX_FRAME`] bytes.
+    #[error("frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    /// A frame did not decode as a message.
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+}
+
+/// Why a peer refuses a link; sent before closing so the operator sees both values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The proof does not match: the cookies differ.
+    Unauthenticated,
+    /// The nodes serve different `hosts`.
+    HostsMismatch {
+        /// The refusing node's hosts.
+        ours: Vec<String>,
+        /// The peer's hosts.
+        theirs: Vec<String>,
+    },
+    /// The nodes do not share one database (or one uses the embedded one).
+    SharedDbMismatch {
+        /// The refusing node's database identity.
+        ours: String,
+        /// The peer's.
+        theirs: String,
+    },
+    /// Another live node already uses this name.
+    NameInUse,
+    /// This node was removed with `leave_cluster`.
+    Removed,
+}
+
+/// What a node says about itself when a link opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The node name (`starling@host`).
+    pub node: String,
+    /// Random per start: tells a restarted node from the old one.
+    pub incarnation: u64,
+    /// Fresh randomness for the proof.
+    pub nonce: [u8; 32],
+    /// The hosts served, sorted.
+    pub hosts: Vec<String>,
+    /// Identity of the shared database (`pgsql://server:port/database`), or `sqlite` for the
+    /// embedded one, which cannot be shared.
+    pub db_id: String,
+    /// Address the node's cluster listener is reachable at.
+    pub listen: String,
+}
+
+/// A mesh message. New variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// First message of each side.
+    Hello(Hello),
+    /// HMAC proof of the cookie over the handshake transcript.
+    Proof(Vec<u8>),
+    /// The link is refused, and why.
+    Refused(Refusal),
+    /// Liveness.
+    Heartbeat,
+    /// The sender stops on purpose: purge its entries now.
+    Goodbye,
+}
+
+/// The 8-byte preamble for the versions this build speaks.
+pub fn preamble() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&MAGIC);
+    out[4..6].copy_from_slice(&PROTOCOL_MIN.to_be_bytes());
+    out[6..].copy_from_slice(&PROTOCOL_MAX.to_be_bytes());
+    out
+}
+
+/// Checks a peer's preamble and returns the version to speak.
+pub fn negotiate(peer: &[u8; 8]) -> Result<u16, WireError> {
+    let (magic, rest) = peer.split_at(4);
+    if magic != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let (min, max) = rest.split_at(2);
+    let theirs_min = u16::from_be_bytes([min[0], min[1]]);
+    let theirs_max = u16::from_be_bytes([max[0], max[1]]);
+    let version = PROTOCOL_MAX.min(theirs_max);
+    if version < PROTOCOL_MIN.max(theirs_min) {
+        return Err(WireError::NoCommonVersion {
+            ours_min: PROTOCOL_MIN,
+            ours_max: PROTOCOL_MAX,
+            theirs_min,
+            theirs_max,
+        });
+    }
+    Ok(version)
+}
+
+/// Encodes one frame.
+pub fn encode(message: &Message) -> Vec<u8> {
+    // postcard cannot fail on these types except by running out of memory.
+    let body = postcard::to_stdvec(message).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Incremental frame decoder: feed bytes as they arrive, take messages out.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed.
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+        let Some(header) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*header) as usize;
+        if len > MAX_FRAME {
+            return Err(WireError::FrameTooLarge(len));
+        }
+        let Some(body) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let message = postcard::from_bytes(body).map_err(|e| WireError::Decode(e.to_string()))?;
+        self.buf.drain(..4 + len);
+        Ok(Some(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            node: "starling@a".into(),
+            incarnation: 7,
+            nonce: [3; 32],
+            hosts: vec!["example.org".into()],
+            db_id: "pgsql://db:5432/xmpp".into(),
+            listen: "10.0.0.1:5370".into(),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_byte_by_byte() {
+        let messages = vec![
+            Message::Hello(hello()),
+            Message::Proof(vec![1, 2, 3]),
+            Message::Refused(Refusal::HostsMismatch {
+                ours: vec!["a".into()],
+                theirs: vec!["b".into()],
+            }),
+            Message::Heartbeat,
+            Message::Goodbye,
+        ];
+        let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
+        let mut d = FrameDecoder::new();
+        let mut out = Vec::new();
+        for b in bytes {
+            d.feed(&[b]);
+            while let Some(m) = d.next_message().unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out, messages);
+    }
+
+    #[test]
+    fn preamble_negotiates_the_highest_common_version() {
+        assert_eq!(negotiate(&preamble()), Ok(PROTOCOL_MAX));
+        let mut newer = preamble();
+        newer[4..6].copy_from_slice(&1u16.to_be_bytes());
+        newer[6..].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(negotiate(&newer), Ok(PROTOCOL_MAX));
+        let mut future = preamble();
+        future[4..6].copy_from_slice(&5u16.to_be_bytes());
+        future[6..].copy_from_slice(&9u16.to_be_bytes());
+        assert!(matches!(
+            negotiate(&future),
+            Err(WireError::NoCommonVersion { .. })
+        ));
+        assert_eq!(negotiate(b"HTTP/1.1"), Err(WireError::BadMagic));
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors_not_panics() {
+        let mut d = FrameDecoder::new();
+        d.feed(&u32::MAX.to_be_bytes());
+        assert!(matches!(d.next_message(), Err(WireError::FrameTooLarge(_))));
+        let mut d = FrameDecoder::new();
+        d.feed(&[0, 0, 0, 2, 0xff, 0xff]);
+        assert!(matches!(d.next_message(), Err(WireError::Decode(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut d = FrameDecoder::new();
+            d.feed(&bytes);
+            for _ in 0..8 {
+                if !matches!(d.next_message(), Ok(Some(_))) {
+                    break;
+                }
+            }
+        }
+    }
+}
