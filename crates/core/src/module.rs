@@ -57,6 +57,24 @@ pub trait StreamIqHandler: Send + Sync {
     ) -> BoxFuture<'a, IqResult>;
 }
 
+/// A service with its own domain: a subdomain of a host (`conference.HOST`, `upload.HOST`) or
+/// an external component. The router hands it every stanza for its domain (DESIGN §2.1).
+pub trait Service: Send + Sync {
+    /// Handles a stanza addressed to the service's domain (any localpart and resource).
+    fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()>;
+}
+
+/// A service a module runs for a host.
+#[derive(Clone)]
+pub struct ServiceRegistration {
+    /// The service's domain, already expanded (`conference.example.org`).
+    pub domain: String,
+    /// Human-readable name for disco#items (`Chatrooms`).
+    pub name: String,
+    /// The handler.
+    pub handler: Arc<dyn Service>,
+}
+
 /// One IQ registration.
 #[derive(Clone)]
 pub struct IqRegistration {
@@ -93,6 +111,8 @@ pub struct Registrations {
     pub stream_iq: Vec<(&'static str, Arc<dyn StreamIqHandler>)>,
     /// Hook handlers.
     pub hooks: HookSet,
+    /// Services on their own domains.
+    pub services: Vec<ServiceRegistration>,
 }
 
 impl Registrations {
@@ -138,6 +158,22 @@ impl Registrations {
         self.pre_auth_features.extend(other.pre_auth_features);
         self.stream_iq.extend(other.stream_iq);
         self.hooks.extend(other.hooks);
+        self.services.extend(other.services);
+    }
+
+    /// Adds a service on its own domain.
+    pub fn service(
+        mut self,
+        domain: String,
+        name: impl Into<String>,
+        handler: Arc<dyn Service>,
+    ) -> Self {
+        self.services.push(ServiceRegistration {
+            domain,
+            name: name.into(),
+            handler,
+        });
+        self
     }
 }
 

@@ -1,8 +1,9 @@
 //! The router: picks the destination by domain (DESIGN.md §2.1).
 //!
-//! Our hosts go to the local router. Domains that are not ours would go to the s2s manager;
-//! until federation exists they are answered with `<remote-server-not-found/>`, the error
-//! RFC 6120 §8.3.3.15 gives for a domain the server cannot reach.
+//! Our hosts go to the local router; domains in the routes table (module services such as
+//! `conference.HOST`, external components) go to their handler; every other domain goes to the
+//! s2s manager, or, when none is attached, is answered with `<remote-server-not-found/>`
+//! (RFC 6120 §8.3.3.15).
 
 use starling_xmpp::error::{StanzaError, StanzaErrorCondition};
 use starling_xmpp::stanza::Stanza;
@@ -15,8 +16,13 @@ use crate::server::Server;
 pub fn route<'a>(server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         tracing::debug!(?stanza, "route");
-        if server.is_local(stanza.to().domain()) {
+        let domain = stanza.to().domain();
+        if server.is_local(domain) {
             local::route(server, stanza).await;
+        } else if let Some(service) = server.route_for(domain) {
+            service.route(server, stanza).await;
+        } else if let Some(remote) = server.remote_router() {
+            remote.route(server, stanza).await;
         } else {
             bounce(server, &stanza, StanzaErrorCondition::RemoteServerNotFound).await;
         }

@@ -13,12 +13,19 @@ use starling_storage::Stores;
 use starling_xmpp::stanza::Stanza;
 use tokio::sync::watch;
 
-use crate::module::{HostContext, HostModules, Module, ModuleError};
+use crate::module::{HostContext, HostModules, Module, ModuleError, Service};
 use crate::router;
 use crate::sm::{DEFAULT_INBOX, SessionManager};
 
 /// Default maximum number of roster items per user.
 pub const DEFAULT_MAX_ROSTER_ITEMS: u32 = 1000;
+
+/// The s2s manager as the router sees it: it takes stanzas for remote domains and either
+/// delivers them or bounces them (`<remote-server-not-found/>`, `<remote-server-timeout/>`).
+pub trait RemoteRouter: Send + Sync {
+    /// Takes a stanza whose `to` domain is not served here.
+    fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> crate::BoxFuture<'a, ()>;
+}
 
 /// Lifecycle state, reported by `status` and (later) `/health`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +45,10 @@ pub struct Server {
     started: Instant,
     state: watch::Sender<NodeState>,
     max_roster_items: u32,
+    /// Domains routed to a service or component rather than a host (DESIGN §2.1 routes table).
+    routes: dashmap::DashMap<String, Arc<dyn Service>>,
+    /// Where stanzas for other domains go (the s2s manager), once one is attached.
+    remote: arc_swap::ArcSwapOption<Box<dyn RemoteRouter>>,
     /// IQ requests the server itself sent, awaiting their result, by id.
     pending_iq: dashmap::DashMap<
         String,
@@ -56,6 +67,12 @@ impl Server {
         catalogue: &[Arc<dyn Module>],
     ) -> Result<Arc<Self>, ModuleError> {
         let hosts = start_modules(&config, catalogue)?;
+        let routes = dashmap::DashMap::new();
+        for modules in hosts.values() {
+            for service in &modules.registrations.services {
+                routes.insert(service.domain.clone(), service.handler.clone());
+            }
+        }
         let (state, _) = watch::channel(NodeState::Running);
         Ok(Arc::new(Self {
             config: ArcSwap::from_pointee(config),
@@ -66,6 +83,8 @@ impl Server {
             state,
             max_roster_items: DEFAULT_MAX_ROSTER_ITEMS,
             pending_iq: dashmap::DashMap::new(),
+            routes,
+            remote: arc_swap::ArcSwapOption::empty(),
         }))
     }
 
@@ -97,6 +116,41 @@ impl Server {
     /// The hosts served, in config order.
     pub fn hosts(&self) -> Vec<String> {
         self.config.load().hosts.clone()
+    }
+
+    /// The service or component serving `domain`, if any.
+    pub fn route_for(&self, domain: &str) -> Option<Arc<dyn Service>> {
+        self.routes.get(domain).map(|r| r.value().clone())
+    }
+
+    /// Registers a route for a domain (an external component connecting). Returns false,
+    /// changing nothing, if the domain is a host of ours or already routed.
+    pub fn add_route(&self, domain: &str, service: Arc<dyn Service>) -> bool {
+        if self.is_local(domain) {
+            return false;
+        }
+        match self.routes.entry(domain.to_owned()) {
+            dashmap::Entry::Occupied(_) => false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(service);
+                true
+            }
+        }
+    }
+
+    /// Removes a route registered with [`Server::add_route`].
+    pub fn remove_route(&self, domain: &str) {
+        self.routes.remove(domain);
+    }
+
+    /// Attaches the s2s manager: stanzas for domains that are neither hosts nor routes go to it.
+    pub fn set_remote_router(&self, remote: Box<dyn RemoteRouter>) {
+        self.remote.store(Some(Arc::new(remote)));
+    }
+
+    /// The s2s manager, if attached.
+    pub fn remote_router(&self) -> Option<Arc<Box<dyn RemoteRouter>>> {
+        self.remote.load_full()
     }
 
     /// Routes a stanza to completion (router → local router → session manager).

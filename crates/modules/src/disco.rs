@@ -3,8 +3,8 @@
 //! The host's features are derived from what the started modules actually handle
 //! ([`starling_core::module::HostModules::features`], DESIGN.md §2.2), so the list can never advertise a namespace
 //! nobody answers. Implements XEP-0030 §3.1 (info, identity `server/im`), §3.2 (`node`
-//! queries: we publish no nodes, so any node is `<item-not-found/>`), §4 (items: none yet,
-//! components and `conference.HOST` come later), and the account identity `account/registered`
+//! queries: we publish no nodes, so any node is `<item-not-found/>`), §4 (items: the host's services,
+//! such as `conference.HOST`), and the account identity `account/registered`
 //! of the XEP-0030 registry for queries to a user's bare JID.
 
 use std::sync::Arc;
@@ -69,15 +69,25 @@ impl IqHandler for HostInfo {
     }
 }
 
-/// disco#items to the server's domain: no services yet.
+/// disco#items to the server's domain: the services modules run for it (MUC, upload, ...).
 struct HostItems;
 
 impl IqHandler for HostItems {
-    fn handle<'a>(&'a self, _server: &'a Server, iq: &'a Stanza) -> BoxFuture<'a, IqResult> {
+    fn handle<'a>(&'a self, server: &'a Server, iq: &'a Stanza) -> BoxFuture<'a, IqResult> {
         Box::pin(async move {
             let payload = iq::get_payload(iq)?;
             refuse_nodes(payload)?;
-            Ok(Some(element("query", ns::DISCO_ITEMS, &[])))
+            let mut query = element("query", ns::DISCO_ITEMS, &[]);
+            if let Some(modules) = server.host_modules(iq.to().domain()) {
+                for service in &modules.registrations.services {
+                    query.append_child(element(
+                        "item",
+                        ns::DISCO_ITEMS,
+                        &[("jid", &service.domain), ("name", &service.name)],
+                    ));
+                }
+            }
+            Ok(Some(query))
         })
     }
 }
