@@ -48,6 +48,22 @@ impl TestNode {
     /// A node with the default modules and `extra` YAML appended to its config (top-level
     /// keys other than hosts, data_dir, listen and modules).
     pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_modules("", extra).await
+    }
+
+    /// A node with the default modules plus `extra_modules` (YAML lines of the `modules:`
+    /// mapping, e.g. `"mod_mam: {default: always}"`, one module per line), and
+    /// `extra_toplevel` YAML appended to its config as in [`Self::start_with`].
+    pub async fn start_with_modules(
+        extra_modules: &str,
+        extra_toplevel: &str,
+    ) -> anyhow::Result<Self> {
+        let extra_modules: String = extra_modules
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("  {}\n", l.trim_end()))
+            .collect();
+        let extra = extra_toplevel;
         let dir = tempfile::tempdir()?;
         let yaml = format!(
             "hosts: [{HOST}]\n\
@@ -59,6 +75,7 @@ impl TestNode {
              modules:\n  \
                mod_disco: {{}}\n  mod_ping: {{}}\n  mod_version: {{}}\n  mod_time: {{}}\n  \
                mod_last: {{}}\n  mod_roster: {{versioning: true}}\n  mod_register: {{}}\n\
+             {extra_modules}\
              {extra}\n",
             data = dir.path().join("data").display(),
         );

@@ -5,18 +5,29 @@
 //! keepalive timer. Reads are paced: the next read happens only after every complete stanza
 //! already received has been routed, so a fast sender is slowed by TCP rather than buffered.
 //! Writes are bounded by `send_timeout`: a client that stops reading is disconnected.
+//!
+//! With XEP-0198 stream management (`mod_stream_mgmt`) every stanza written is also queued in
+//! [`crate::sm`] until the client acknowledges it. When a resumable stream is lost without
+//! `</stream:stream>`, the session *detaches*: the task keeps running without a socket, stays in
+//! the directory and queues what it receives, until a new connection of the same user resumes
+//! it (the new connection's task hands its transport over to this one, through the session
+//! manager's resumable registry) or `resume_timeout` passes. Only then does the session end:
+//! unavailable presence is broadcast and unacknowledged messages are re-routed (XEP-0198 §5).
+//! XEP-0352 client state indication (`mod_client_state`) holds back presence and chat states
+//! while the client is inactive ([`crate::csi`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_config::Config;
+use starling_config::{Config, ModuleOptions};
 use starling_core::Server;
 use starling_core::hooks::{HookResult, SessionClosed, UserReceivePacket, UserSendPacket};
 use starling_core::module::StreamContext;
 use starling_core::presence::{self, PresenceState};
-use starling_core::sm::{BindError, SessionChannels, SessionId, SessionMsg};
+use starling_core::server::unix_now;
+use starling_core::sm::{BindError, Resumable, SessionChannels, SessionId, SessionMsg, Takeover};
 use starling_xmpp::Element;
 use starling_xmpp::codec::{self, Limits, STREAM_CLOSE, StreamEvent, StreamHeader, StreamParser};
 use starling_xmpp::error::{
@@ -29,11 +40,14 @@ use starling_xmpp::scram::ChannelBindings;
 use starling_xmpp::stanza::{IqType, Kind, Stanza, element, set_attr, text_element};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Step};
+use crate::csi::{self, ClientState};
 use crate::features::{self, Offer, Phase};
+use crate::sm::{self, Fate, ResendOnTimeout, StreamManagement, TimerAction, Unacked};
 use crate::transport::Transport;
 
 /// SASL failures tolerated on one stream before it is closed (RFC 6120 §6.4.5 asks for at
@@ -72,6 +86,16 @@ enum End {
     Stream(StreamError),
     /// The peer sent `</stream:stream>`.
     Closed,
+    /// The peer violated the protocol; the stream error is already serialised (it carries an
+    /// application-specific condition).
+    StreamXml(String),
+}
+
+impl End {
+    /// True if the connection was lost rather than closed: a resumable session detaches.
+    fn is_loss(&self) -> bool {
+        matches!(self, Self::Eof | Self::Io(_))
+    }
 }
 
 struct Conn {
@@ -161,6 +185,15 @@ impl Conn {
         self.shutdown().await;
     }
 
+    /// Like [`Self::fail`] with a stream error already serialised.
+    async fn fail_xml(&mut self, error_xml: &str) {
+        tracing::info!(peer = %self.peer, error = error_xml, "stream error");
+        let mut out = error_xml.to_owned();
+        out.push_str(STREAM_CLOSE);
+        let _ = self.write(out.as_bytes()).await;
+        self.shutdown().await;
+    }
+
     async fn close(&mut self) {
         let _ = self.write(STREAM_CLOSE.as_bytes()).await;
         self.shutdown().await;
@@ -213,17 +246,45 @@ pub async fn run(
             host: None,
             send_timeout: settings.send_timeout,
         };
-        let negotiated = timeout_at(deadline, negotiate(&server, &settings, &mut conn)).await;
-        let bound = match negotiated {
-            Ok(Some(bound)) => bound,
-            Ok(None) => return,
-            Err(_) => {
-                conn.fail(
-                    StreamError::new(StreamErrorCondition::ConnectionTimeout)
-                        .with_text("negotiation took too long"),
-                )
-                .await;
-                return;
+        let mut authenticated: Option<BareJid> = None;
+        let bound = loop {
+            let negotiated = timeout_at(
+                deadline,
+                negotiate(&server, &settings, &mut conn, authenticated.take()),
+            )
+            .await;
+            match negotiated {
+                Ok(Some(Negotiated::Bound(bound))) => break bound,
+                Ok(Some(Negotiated::Resume { user, previd, h })) => {
+                    let handed =
+                        timeout_at(deadline, hand_over(&server, conn, &user, &previd, h)).await;
+                    match handed {
+                        Ok(Err(back)) => {
+                            // XEP-0198 §5: the client may still bind a new session.
+                            conn = *back;
+                            let failed = format!(
+                                "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
+                                sm::NS,
+                                ns::STANZAS
+                            );
+                            if conn.write(failed.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            authenticated = Some(user);
+                        }
+                        // The session that was resumed now owns the connection.
+                        Ok(Ok(())) | Err(_) => return,
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    conn.fail(
+                        StreamError::new(StreamErrorCondition::ConnectionTimeout)
+                            .with_text("negotiation took too long"),
+                    )
+                    .await;
+                    return;
+                }
             }
         };
         tracing::Span::current().record("jid", tracing::field::display(&bound.0));
@@ -233,20 +294,37 @@ pub async fn run(
     .await;
 }
 
-/// The outcome of negotiation: a bound session.
+/// A bound session.
 type Bound = (FullJid, SessionId, SessionChannels);
 
+/// The outcome of negotiation.
+enum Negotiated {
+    /// A new session.
+    Bound(Bound),
+    /// XEP-0198 §5: the authenticated client asks to resume session `previd`.
+    Resume {
+        user: BareJid,
+        previd: String,
+        h: u32,
+    },
+}
+
+/// Negotiates the stream up to a bound session or a resumption request. `authenticated` is
+/// set when negotiation continues after a failed resumption.
 async fn negotiate(
     server: &Arc<Server>,
     settings: &ListenerSettings,
     conn: &mut Conn,
-) -> Option<Bound> {
-    let mut phase = if conn.io.as_ref().is_some_and(Transport::is_secure) {
+    authenticated: Option<BareJid>,
+) -> Option<Negotiated> {
+    let mut phase = if authenticated.is_some() {
+        Phase::Authenticated
+    } else if conn.io.as_ref().is_some_and(Transport::is_secure) {
         Phase::Secure
     } else {
         Phase::Plain
     };
-    let mut user: Option<BareJid> = None;
+    let mut user: Option<BareJid> = authenticated;
     let mut auth: Option<Authenticator> = None;
     let mut failures = 0u32;
     let mut offer = Offer {
@@ -434,7 +512,7 @@ async fn negotiate(
                     ("iq", ns::CLIENT) => {
                         if let Some(user) = user.as_ref() {
                             match bind_or_session(server, conn, user, &el).await {
-                                Ok(Some(bound)) => return Some(bound),
+                                Ok(Some(bound)) => return Some(Negotiated::Bound(bound)),
                                 Ok(None) => {}
                                 Err(e) => {
                                     conn.fail(e).await;
@@ -452,6 +530,40 @@ async fn negotiate(
                             }
                         }
                     }
+                    ("resume", sm::NS) if host_has(server, conn, STREAM_MGMT) => {
+                        let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+                        match (user.as_ref(), el.attr("previd"), h) {
+                            (Some(user), Some(previd), Some(h)) => {
+                                return Some(Negotiated::Resume {
+                                    user: user.clone(),
+                                    previd: previd.to_owned(),
+                                    h,
+                                });
+                            }
+                            (Some(_), _, _) => {
+                                let xml = sm_failed(StanzaErrorCondition::BadRequest);
+                                if conn.write(xml.as_bytes()).await.is_err() {
+                                    return None;
+                                }
+                            }
+                            (None, _, _) => {
+                                let xml = sm_failed(StanzaErrorCondition::UnexpectedRequest);
+                                if conn.write(xml.as_bytes()).await.is_err() {
+                                    return None;
+                                }
+                            }
+                        }
+                    }
+                    ("enable", sm::NS) if host_has(server, conn, STREAM_MGMT) => {
+                        // XEP-0198 §3: stream management is enabled after binding.
+                        let xml = sm_failed(StanzaErrorCondition::UnexpectedRequest);
+                        if conn.write(xml.as_bytes()).await.is_err() {
+                            return None;
+                        }
+                    }
+                    // Acks and client states mean nothing before a session exists.
+                    ("r" | "a", sm::NS) if host_has(server, conn, STREAM_MGMT) => {}
+                    ("active" | "inactive", csi::NS) if host_has(server, conn, CLIENT_STATE) => {}
                     _ if Kind::of(&el).is_some() => {
                         conn.fail(StreamError::new(StreamErrorCondition::NotAuthorized))
                             .await;
@@ -473,6 +585,7 @@ async fn negotiate(
 async fn finish_negotiation(conn: &mut Conn, end: End) {
     match end {
         End::Stream(e) => conn.fail(e).await,
+        End::StreamXml(xml) => conn.fail_xml(&xml).await,
         End::Closed => conn.close().await,
         End::Eof => {}
         End::Io(e) => tracing::debug!(error = %e, "read failed"),
@@ -641,157 +754,227 @@ fn keepalive(config: &Config, host: &str) -> Option<Keepalive> {
     })
 }
 
-/// Removes the session from the directory even if the task panics (DESIGN.md §12).
-struct Unbind {
-    server: Arc<Server>,
-    jid: FullJid,
-    id: SessionId,
+/// `mod_stream_mgmt`: XEP-0198 is offered on hosts that run it.
+const STREAM_MGMT: &str = "mod_stream_mgmt";
+/// `mod_client_state`: XEP-0352 is offered on hosts that run it.
+const CLIENT_STATE: &str = "mod_client_state";
+
+/// The options of `module` on `host`, if it runs there (c2s reads its own modules' options from
+/// the config, as it does mod_ping's; it does not depend on the modules crate).
+fn module_options<'a>(config: &'a Config, host: &str, module: &str) -> Option<&'a ModuleOptions> {
+    let modules = config.host_modules.get(host).unwrap_or(&config.modules);
+    modules
+        .iter()
+        .find(|m| m.name == module)
+        .map(|m| &m.options)
 }
 
-impl Drop for Unbind {
-    fn drop(&mut self) {
-        self.server.sm().unbind(&self.jid, self.id);
+/// True if the stream's host runs `module`.
+fn host_has(server: &Server, conn: &Conn, module: &str) -> bool {
+    conn.host
+        .as_deref()
+        .and_then(|h| server.host_modules(h))
+        .is_some_and(|m| m.has(module))
+}
+
+/// A XEP-0198 `<failed/>` with a stanza error condition.
+fn sm_failed(condition: StanzaErrorCondition) -> String {
+    format!(
+        "<failed xmlns='{}'><{} xmlns='{}'/></failed>",
+        sm::NS,
+        condition.name(),
+        ns::STANZAS
+    )
+}
+
+/// What a resuming connection's task hands to the task owning the session (the payload of a
+/// [`Takeover`]).
+struct Resume {
+    conn: Conn,
+    user: BareJid,
+    previd: String,
+    h: u32,
+    /// `Ok` once the owner took the connection; `Err` gives it back (resumption refused).
+    reply: oneshot::Sender<Result<(), Box<Conn>>>,
+}
+
+/// Hands `conn` to the task owning resumable session `previd` (XEP-0198 §5). `Err` gives the
+/// connection back when there is no such session for `user`.
+async fn hand_over(
+    server: &Server,
+    conn: Conn,
+    user: &BareJid,
+    previd: &str,
+    h: u32,
+) -> Result<(), Box<Conn>> {
+    let Some(owner) = server
+        .sm()
+        .resumable(previd)
+        .filter(|r| r.jid.to_bare() == *user)
+    else {
+        tracing::info!(%user, "cannot resume: unknown or expired session");
+        return Err(Box::new(conn));
+    };
+    let (reply, answer) = oneshot::channel();
+    let resume: Takeover = Box::new(Resume {
+        conn,
+        user: user.clone(),
+        previd: previd.to_owned(),
+        h,
+        reply,
+    });
+    if let Err(mpsc::error::SendError(back)) = owner.takeover.send(resume).await {
+        // The owner ended in the meantime.
+        return match back.downcast::<Resume>() {
+            Ok(resume) => Err(Box::new(resume.conn)),
+            Err(_) => Ok(()),
+        };
     }
+    // A dropped reply means the owner ended holding the connection: nothing left to do here.
+    answer.await.unwrap_or(Ok(()))
 }
 
+/// The channels a session task listens to.
+struct Channels {
+    inbox: mpsc::Receiver<SessionMsg>,
+    close: watch::Receiver<Option<StreamError>>,
+    takeovers: mpsc::Receiver<Takeover>,
+}
+
+/// Why the attached loop returned.
+enum Exit {
+    /// The stream ended (closed, failed or lost).
+    End(End),
+    /// The core closed the session (conflict, kick, shutdown); the error goes to the client.
+    Closed(StreamError),
+    /// The session was resumed on another connection; `None` if that one failed at once.
+    Moved(Option<Box<Conn>>),
+}
+
+/// Why the detached loop returned.
+enum DetachedExit {
+    /// Resumed on this connection.
+    Resumed(Box<Conn>),
+    /// The session ends (timeout, close signal, queue overflow); the status for presence.
+    End(Option<String>),
+}
+
+/// The outcome of a takeover request.
+enum TakeOver {
+    /// Not for this session; nothing changed.
+    Rejected,
+    /// Resumed on this connection.
+    Attached(Box<Conn>),
+    /// Resumption accepted but the new connection failed at once: the session is detached.
+    Lost,
+}
+
+/// A bound session, owned by its task; dropping it leaves the directory even if the task
+/// panics (DESIGN.md §12).
 struct Established {
     server: Arc<Server>,
     full: FullJid,
     bare: BareJid,
     host: String,
+    id: SessionId,
     presence: PresenceState,
     pending_ping: Option<(String, Instant)>,
+    keepalive: Option<Keepalive>,
+    last_read: Instant,
+    /// `mod_stream_mgmt` settings when the host runs it.
+    sm_settings: Option<sm::Settings>,
+    /// Stream management, once enabled.
+    sm: Option<StreamManagement>,
+    /// Client state indication, when the host runs `mod_client_state`.
+    csi: Option<ClientState>,
+    /// Given to the session manager with a resumable registration.
+    takeover: mpsc::Sender<Takeover>,
 }
 
-async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
+impl Drop for Established {
+    fn drop(&mut self) {
+        self.server.sm().unbind(&self.full, self.id);
+        if let Some(sm_id) = self.sm.as_ref().and_then(StreamManagement::resume_id) {
+            self.server.sm().forget_resumable(sm_id, self.id);
+        }
+    }
+}
+
+async fn established(server: Arc<Server>, conn: Conn, bound: Bound) {
     let (full, id, channels) = bound;
-    let SessionChannels {
-        mut inbox,
-        mut close,
-    } = channels;
-    let _guard = Unbind {
-        server: server.clone(),
-        jid: full.clone(),
-        id,
+    let SessionChannels { inbox, close } = channels;
+    let (takeover, takeovers) = mpsc::channel(1);
+    let mut channels = Channels {
+        inbox,
+        close,
+        takeovers,
     };
     let host = full.domain().to_owned();
-    let keepalive = keepalive(&server.config(), &host);
+    let config = server.config();
     let mut session = Established {
         server: server.clone(),
         bare: full.to_bare(),
         presence: PresenceState::new(full.clone(), id),
+        id,
+        keepalive: keepalive(&config, &host),
+        sm_settings: module_options(&config, &host, STREAM_MGMT).map(sm::Settings::from_options),
+        csi: module_options(&config, &host, CLIENT_STATE)
+            .map(|o| ClientState::new(csi::Settings::from_options(o))),
+        sm: None,
         full,
         host,
         pending_ping: None,
+        last_read: Instant::now(),
+        takeover,
     };
-    let mut last_read = Instant::now();
+    drop(config);
+    let mut link = Some(Box::new(conn));
     let mut status: Option<String> = None;
-    // Stanzas already parsed from the bytes that completed negotiation.
-    let ending: End = 'outer: loop {
-        // Route everything already received before reading again (paced reads).
-        loop {
-            match conn.parser.next_event() {
-                Ok(Some(StreamEvent::Stanza(el))) => {
-                    if let Err(e) = session.client_stanza(el).await {
-                        break 'outer End::Stream(e);
+    let (ending, conn) = loop {
+        if let Some(mut conn) = link.take() {
+            match session.attached(&mut conn, &mut channels).await {
+                Exit::End(end) if end.is_loss() && session.resumable() => {
+                    tracing::info!(jid = %session.full, "connection lost, session detached");
+                    drop(conn);
+                    if !session.detach() {
+                        break (End::Eof, None);
                     }
                 }
-                Ok(Some(StreamEvent::Close)) => {
-                    break 'outer End::Closed;
-                }
-                Ok(Some(StreamEvent::Open(_))) => {
-                    break 'outer End::Stream(StreamError::new(StreamErrorCondition::InvalidXml));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    break 'outer End::Stream(e);
-                }
-            }
-        }
-        if conn.parser.buffered() == 0 {
-            // An idle connection holds no parse buffer.
-            conn.parser.shrink();
-        }
-        let next_ping = keepalive.as_ref().map(|k| match &session.pending_ping {
-            Some((_, sent)) => *sent + k.ack_timeout,
-            None => last_read + k.interval,
-        });
-        tokio::select! {
-            // The close signal first: a replaced session's inbox closes at the same moment, and
-            // the client must learn why (`<conflict/>`), not just see the socket drop.
-            biased;
-            changed = close.changed() => {
-                let error = if changed.is_ok() { close.borrow().clone() } else { None };
-                if let Some(error) = error {
-                    // Stanzas queued before the close (e.g. the result of an account removal)
-                    // still go out, ahead of the stream error.
-                    while let Ok(SessionMsg::Stanza(stanza)) = inbox.try_recv() {
-                        if conn.write(&stanza.bytes()).await.is_err() {
-                            break;
-                        }
-                    }
+                Exit::End(end) => break (end, Some(conn)),
+                Exit::Closed(error) => {
                     status = error.text.clone();
-                    break 'outer End::Stream(error);
+                    break (End::Stream(error), Some(conn));
+                }
+                Exit::Moved(next) => {
+                    // The old connection is presumed dead; the client moved on.
+                    conn.shutdown().await;
+                    link = next;
                 }
             }
-            msg = inbox.recv() => {
-                match msg {
-                    Some(SessionMsg::Stanza(stanza)) => {
-                        if !session.receive_hook(&stanza).await {
-                            continue;
-                        }
-                        if conn.write(&stanza.bytes()).await.is_err() {
-                            break 'outer End::Eof;
-                        }
-                    }
-                    None => break 'outer End::Eof,
-                }
-            }
-            read = conn.read_more() => {
-                match read {
-                    Ok(()) => {
-                        last_read = Instant::now();
-                    }
-                    Err(end) => {
-                        break 'outer end;
-                    }
-                }
-            }
-            () = sleep_until_opt(next_ping) => {
-                let Some(k) = keepalive.as_ref() else { continue };
-                if session.pending_ping.is_some() {
-                    session.pending_ping = None;
-                    if k.kill {
-                        break 'outer End::Stream(StreamError::new(StreamErrorCondition::ConnectionTimeout).with_text("no answer to ping"));
-                    }
-                    last_read = Instant::now();
-                } else {
-                    let ping_id = format!("ping{:016x}", rand::random::<u64>());
-                    let mut iq = element("iq", ns::CLIENT, &[("type", "get"), ("id", &ping_id), ("from", &session.host), ("to", session.full.as_str())]);
-                    iq.append_child(element("ping", ns::PING, &[]));
-                    if conn.write_element(&iq).await.is_err() {
-                        break 'outer End::Eof;
-                    }
-                    session.pending_ping = Some((ping_id, Instant::now()));
+        } else {
+            let until = session
+                .sm
+                .as_ref()
+                .and_then(StreamManagement::resume_timeout)
+                .and_then(|t| Instant::now().checked_add(t));
+            match session.detached(&mut channels, until).await {
+                DetachedExit::Resumed(conn) => link = Some(conn),
+                DetachedExit::End(text) => {
+                    status = text;
+                    break (End::Eof, None);
                 }
             }
         }
     };
-    // Leave the directory before broadcasting so nothing more is queued for us.
-    let server2 = session.server.clone();
-    server2.sm().unbind(&session.full, id);
-    presence::session_closed(&server2, &mut session.presence, status.as_deref()).await;
-    if let Some(modules) = server2.host_modules(&session.host) {
-        let mut arg = SessionClosed {
-            session: session.full.clone(),
-        };
-        modules.hooks().session_closed.run(&server2, &mut arg).await;
-    }
-    match ending {
-        End::Stream(e) => conn.fail(e).await,
-        End::Closed => conn.close().await,
-        End::Io(e) => tracing::debug!(error = %e, "connection lost"),
-        End::Eof => {}
+    session.finish(channels, status.as_deref()).await;
+    if let Some(mut conn) = conn {
+        match ending {
+            End::Stream(e) => conn.fail(e).await,
+            End::StreamXml(xml) => conn.fail_xml(&xml).await,
+            End::Closed => conn.close().await,
+            End::Io(e) => tracing::debug!(error = %e, "connection lost"),
+            End::Eof => {}
+        }
     }
     tracing::info!(jid = %session.full, "session closed");
 }
@@ -804,7 +987,467 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl Established {
-    /// `user_receive_packet`: false if a module consumed the stanza (privacy lists, CSI).
+    /// True if a lost connection detaches the session instead of ending it.
+    fn resumable(&self) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.resume_timeout().is_some())
+    }
+
+    /// Serves the session over `conn` until the stream ends or moves.
+    async fn attached(&mut self, conn: &mut Conn, ch: &mut Channels) -> Exit {
+        self.last_read = Instant::now();
+        self.pending_ping = None;
+        loop {
+            // Route everything already received before reading again (paced reads).
+            loop {
+                match conn.parser.next_event() {
+                    Ok(Some(StreamEvent::Stanza(el))) => {
+                        if let Err(end) = self.client_element(conn, el).await {
+                            return Exit::End(end);
+                        }
+                    }
+                    Ok(Some(StreamEvent::Close)) => return Exit::End(End::Closed),
+                    Ok(Some(StreamEvent::Open(_))) => {
+                        return Exit::End(End::Stream(StreamError::new(
+                            StreamErrorCondition::InvalidXml,
+                        )));
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Exit::End(End::Stream(e)),
+                }
+            }
+            if conn.parser.buffered() == 0 {
+                // An idle connection holds no parse buffer.
+                conn.parser.shrink();
+            }
+            let next_ping = self.keepalive.as_ref().map(|k| match &self.pending_ping {
+                Some((_, sent)) => *sent + k.ack_timeout,
+                None => self.last_read + k.interval,
+            });
+            let sm_timer = self
+                .sm
+                .as_ref()
+                .and_then(StreamManagement::next_timer)
+                .map(Instant::from_std);
+            tokio::select! {
+                // The close signal first: a replaced session's inbox closes at the same moment,
+                // and the client must learn why (`<conflict/>`), not just see the socket drop.
+                biased;
+                changed = ch.close.changed() => {
+                    let Some(error) = close_error(changed.is_ok(), &ch.close) else {
+                        // Gone from the directory without a reason: nothing more will come.
+                        return Exit::End(End::Closed);
+                    };
+                    // Stanzas queued before the close (e.g. the result of an account removal)
+                    // still go out, ahead of the stream error.
+                    while let Ok(SessionMsg::Stanza(stanza)) = ch.inbox.try_recv() {
+                        if self.emit(conn, stanza).await.is_err() {
+                            break;
+                        }
+                    }
+                    return Exit::Closed(error);
+                }
+                takeover = ch.takeovers.recv() => {
+                    let Some(takeover) = takeover else { continue };
+                    match self.take_over(takeover).await {
+                        TakeOver::Rejected => {}
+                        TakeOver::Attached(next) => return Exit::Moved(Some(next)),
+                        TakeOver::Lost => return Exit::Moved(None),
+                    }
+                }
+                msg = ch.inbox.recv() => {
+                    let Some(SessionMsg::Stanza(stanza)) = msg else {
+                        // Gone from the directory: an end, not a loss to detach from.
+                        return Exit::End(End::Closed);
+                    };
+                    if let Err(end) = self.deliver(conn, stanza).await {
+                        return Exit::End(end);
+                    }
+                }
+                read = conn.read_more() => {
+                    match read {
+                        Ok(()) => self.last_read = Instant::now(),
+                        Err(end) => return Exit::End(end),
+                    }
+                }
+                () = sleep_until_opt(sm_timer) => {
+                    if let Err(end) = self.sm_timer(conn).await {
+                        return Exit::End(end);
+                    }
+                }
+                () = sleep_until_opt(next_ping) => {
+                    if let Err(end) = self.keepalive_timer(conn).await {
+                        return Exit::End(end);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection is gone but the session may be resumed: what the client was not sent
+    /// yet joins the unacknowledged queue. False if that overflows it (the session ends).
+    fn detach(&mut self) -> bool {
+        self.pending_ping = None;
+        let held = self.csi.as_mut().map(ClientState::set_active);
+        let Some(sm) = self.sm.as_mut() else {
+            return false;
+        };
+        let now = Instant::now().into_std();
+        for stanza in held.into_iter().flatten() {
+            if sm.on_sent(stanza, now, unix_now()).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Serves a detached session until it is resumed or ends (`until` is the resumption
+    /// deadline).
+    async fn detached(&mut self, ch: &mut Channels, until: Option<Instant>) -> DetachedExit {
+        loop {
+            tokio::select! {
+                biased;
+                changed = ch.close.changed() => {
+                    let error = close_error(changed.is_ok(), &ch.close);
+                    tracing::info!(jid = %self.full, "detached session closed");
+                    return DetachedExit::End(error.and_then(|e| e.text));
+                }
+                takeover = ch.takeovers.recv() => {
+                    let Some(takeover) = takeover else { continue };
+                    match self.take_over(takeover).await {
+                        TakeOver::Attached(conn) => return DetachedExit::Resumed(conn),
+                        TakeOver::Rejected | TakeOver::Lost => {}
+                    }
+                }
+                msg = ch.inbox.recv() => {
+                    let Some(SessionMsg::Stanza(stanza)) = msg else {
+                        return DetachedExit::End(None);
+                    };
+                    if !self.receive_hook(&stanza).await {
+                        continue;
+                    }
+                    let Some(sm) = self.sm.as_mut() else {
+                        return DetachedExit::End(None);
+                    };
+                    if sm.on_sent(stanza, Instant::now().into_std(), unix_now()).is_err() {
+                        tracing::info!(jid = %self.full, "too many unacknowledged stanzas for a detached session");
+                        return DetachedExit::End(None);
+                    }
+                }
+                () = sleep_until_opt(until) => {
+                    tracing::info!(jid = %self.full, "session resumption timed out");
+                    return DetachedExit::End(None);
+                }
+            }
+        }
+    }
+
+    /// A resuming connection wants this session (XEP-0198 §5).
+    async fn take_over(&mut self, takeover: Takeover) -> TakeOver {
+        let Ok(resume) = takeover.downcast::<Resume>() else {
+            return TakeOver::Rejected;
+        };
+        let Resume {
+            mut conn,
+            user,
+            previd,
+            h,
+            reply,
+        } = *resume;
+        let sm = match self.sm.as_mut() {
+            Some(sm) if user == self.bare && sm.resume_id() == Some(previd.as_str()) => sm,
+            _ => {
+                let _ = reply.send(Err(Box::new(conn)));
+                return TakeOver::Rejected;
+            }
+        };
+        let resend = match sm.on_resume(h) {
+            Ok(resend) => resend,
+            Err(too_high) => {
+                // The new stream is broken; this session stays as it was.
+                let _ = reply.send(Ok(()));
+                conn.fail_xml(&too_high.stream_error_xml()).await;
+                return TakeOver::Rejected;
+            }
+        };
+        let mut conn = Box::new(conn);
+        let resumed = sm.resumed_element(&previd);
+        let _ = reply.send(Ok(()));
+        tracing::info!(jid = %self.full, peer = %conn.peer, resent = resend.len(), "session resumed");
+        if conn.write_element(&resumed).await.is_err() {
+            return TakeOver::Lost;
+        }
+        for stanza in &resend {
+            if conn.write(&stanza.bytes()).await.is_err() {
+                return TakeOver::Lost;
+            }
+        }
+        if !resend.is_empty()
+            && let Some(sm) = self.sm.as_mut()
+        {
+            // Learn soon what the client got of the resent stanzas.
+            let request = format!("<r xmlns='{}'/>", sm::NS);
+            if conn.write(request.as_bytes()).await.is_err() {
+                return TakeOver::Lost;
+            }
+            sm.on_request_sent(Instant::now().into_std());
+        }
+        TakeOver::Attached(conn)
+    }
+
+    /// The session ends: leave the directory, tell contacts, and give each stanza the client
+    /// never acknowledged its fate (re-routed, bounced or dropped).
+    async fn finish(&mut self, mut ch: Channels, status: Option<&str>) {
+        // Leave the directory before broadcasting so nothing more is queued for us.
+        self.server.sm().unbind(&self.full, self.id);
+        if let Some(sm_id) = self.sm.as_ref().and_then(StreamManagement::resume_id) {
+            self.server.sm().forget_resumable(sm_id, self.id);
+        }
+        // A connection that wanted to resume us gets `<failed/>` and may bind instead.
+        ch.takeovers.close();
+        while let Ok(takeover) = ch.takeovers.try_recv() {
+            if let Ok(resume) = takeover.downcast::<Resume>() {
+                let Resume { conn, reply, .. } = *resume;
+                let _ = reply.send(Err(Box::new(conn)));
+            }
+        }
+        let mut late = Vec::new();
+        while let Ok(SessionMsg::Stanza(stanza)) = ch.inbox.try_recv() {
+            late.push(stanza);
+        }
+        let server = self.server.clone();
+        presence::session_closed(&server, &mut self.presence, status).await;
+        if let Some(modules) = server.host_modules(&self.host) {
+            let mut arg = SessionClosed {
+                session: self.full.clone(),
+            };
+            modules.hooks().session_closed.run(&server, &mut arg).await;
+        }
+        let Some(sm) = self.sm.as_mut() else {
+            return;
+        };
+        let mut unacked = sm.take_unacked();
+        let now = unix_now();
+        unacked.extend(late.into_iter().map(|stanza| Unacked {
+            stanza,
+            queued_at: now,
+        }));
+        if unacked.is_empty() {
+            return;
+        }
+        let resend = match self.sm_settings.as_ref().map(|s| s.resend_on_timeout) {
+            Some(ResendOnTimeout::Never) => false,
+            Some(ResendOnTimeout::IfOffline) => server.sm().sessions_of(&self.bare).is_empty(),
+            Some(ResendOnTimeout::Always) | None => true,
+        };
+        tracing::debug!(jid = %self.full, count = unacked.len(), resend, "routing unacknowledged stanzas");
+        for Unacked { stanza, queued_at } in unacked {
+            match sm::fate(&stanza, resend) {
+                Fate::Reroute => {
+                    let el = sm::with_delay(&stanza, &self.host, queued_at);
+                    if let Ok(again) = Stanza::new(el, stanza.from().clone(), stanza.to().clone()) {
+                        server.route(again).await;
+                    }
+                }
+                Fate::Bounce => {
+                    starling_core::router::bounce_with(
+                        &server,
+                        &stanza,
+                        StanzaError::new(StanzaErrorCondition::ServiceUnavailable)
+                            .with_text("User session terminated"),
+                    )
+                    .await;
+                }
+                Fate::Drop => {}
+            }
+        }
+    }
+
+    /// A stanza routed to this session: hooks, client state, then the wire.
+    async fn deliver(&mut self, conn: &mut Conn, stanza: Arc<Stanza>) -> Result<(), End> {
+        if !self.receive_hook(&stanza).await {
+            return Ok(());
+        }
+        let out = match self.csi.as_mut() {
+            Some(csi) => csi.outgoing(stanza),
+            None => vec![stanza],
+        };
+        for stanza in out {
+            self.emit(conn, stanza).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a stanza, counting it for stream management.
+    async fn emit(&mut self, conn: &mut Conn, stanza: Arc<Stanza>) -> Result<(), End> {
+        let request = match self.sm.as_mut() {
+            Some(sm) => sm
+                .on_sent(stanza.clone(), Instant::now().into_std(), unix_now())
+                .map_err(|_| {
+                    End::Stream(
+                        StreamError::new(StreamErrorCondition::PolicyViolation)
+                            .with_text("too many unacknowledged stanzas"),
+                    )
+                })?,
+            None => false,
+        };
+        conn.write(&stanza.bytes()).await.map_err(End::Io)?;
+        if request {
+            self.request_ack(conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn request_ack(&mut self, conn: &mut Conn) -> Result<(), End> {
+        let request = format!("<r xmlns='{}'/>", sm::NS);
+        conn.write(request.as_bytes()).await.map_err(End::Io)?;
+        if let Some(sm) = self.sm.as_mut() {
+            sm.on_request_sent(Instant::now().into_std());
+        }
+        Ok(())
+    }
+
+    async fn sm_timer(&mut self, conn: &mut Conn) -> Result<(), End> {
+        let Some(sm) = self.sm.as_ref() else {
+            return Ok(());
+        };
+        match sm.on_timer(Instant::now().into_std()) {
+            TimerAction::Nothing => Ok(()),
+            TimerAction::RequestAck => self.request_ack(conn).await,
+            TimerAction::AckTimedOut => {
+                // ejabberd's ack_timeout: the connection is presumed dead (a resumable session
+                // detaches).
+                tracing::info!(jid = %self.full, "timed out waiting for stream acknowledgement");
+                Err(End::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "stream management ack timeout",
+                )))
+            }
+        }
+    }
+
+    async fn keepalive_timer(&mut self, conn: &mut Conn) -> Result<(), End> {
+        let Some(kill) = self.keepalive.as_ref().map(|k| k.kill) else {
+            return Ok(());
+        };
+        if self.pending_ping.is_some() {
+            self.pending_ping = None;
+            if kill {
+                return Err(End::Stream(
+                    StreamError::new(StreamErrorCondition::ConnectionTimeout)
+                        .with_text("no answer to ping"),
+                ));
+            }
+            self.last_read = Instant::now();
+            return Ok(());
+        }
+        let ping_id = format!("ping{:016x}", rand::random::<u64>());
+        let mut iq = element("iq", ns::CLIENT, &[("type", "get"), ("id", &ping_id)]);
+        iq.append_child(element("ping", ns::PING, &[]));
+        let host = Jid::parse(&self.host).map_err(|_| End::Eof)?;
+        let stanza = Stanza::new(iq, host, self.full.clone().into()).map_err(|_| End::Eof)?;
+        self.emit(conn, Arc::new(stanza)).await?;
+        self.pending_ping = Some((ping_id, Instant::now()));
+        Ok(())
+    }
+
+    /// A first-level element from the client: a stanza, or a stream management or client
+    /// state nonza on hosts that run those modules.
+    async fn client_element(&mut self, conn: &mut Conn, el: Element) -> Result<(), End> {
+        if Kind::of(&el).is_some() {
+            self.client_stanza(el).await.map_err(End::Stream)?;
+            if let Some(sm) = self.sm.as_mut() {
+                sm.handled();
+            }
+            return Ok(());
+        }
+        let el_ns = el.ns();
+        if el_ns == sm::NS && self.sm_settings.is_some() {
+            return self.sm_nonza(conn, &el).await;
+        }
+        if el_ns == csi::NS
+            && let Some(state) = self.csi.as_mut()
+        {
+            match el.name() {
+                "inactive" => state.set_inactive(),
+                "active" => {
+                    for stanza in state.set_active() {
+                        self.emit(conn, stanza).await?;
+                    }
+                }
+                _ => {
+                    return Err(End::Stream(StreamError::new(
+                        StreamErrorCondition::UnsupportedStanzaType,
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        Err(End::Stream(StreamError::new(
+            StreamErrorCondition::UnsupportedStanzaType,
+        )))
+    }
+
+    /// XEP-0198 elements after binding.
+    async fn sm_nonza(&mut self, conn: &mut Conn, el: &Element) -> Result<(), End> {
+        let unexpected = || sm_failed(StanzaErrorCondition::UnexpectedRequest);
+        match el.name() {
+            "enable" => {
+                let Some(settings) = self.sm_settings.as_ref().filter(|_| self.sm.is_none()) else {
+                    // §3: only one attempt to enable per stream.
+                    return conn.write(unexpected().as_bytes()).await.map_err(End::Io);
+                };
+                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let max = el.attr("max").and_then(|m| m.parse::<u64>().ok());
+                let resume = wants_resume
+                    .then(|| settings.resume_timeout_for(max))
+                    .flatten()
+                    .map(|timeout| (sm::new_id(), timeout));
+                let state = StreamManagement::new(settings, resume);
+                if let Some(sm_id) = state.resume_id() {
+                    self.server.sm().register_resumable(
+                        sm_id,
+                        Resumable {
+                            jid: self.full.clone(),
+                            id: self.id,
+                            takeover: self.takeover.clone(),
+                        },
+                    );
+                }
+                let enabled = state.enabled_xml();
+                self.sm = Some(state);
+                conn.write(enabled.as_bytes()).await.map_err(End::Io)
+            }
+            "r" => match self.sm.as_ref() {
+                Some(sm) => {
+                    let ack = sm.ack_xml();
+                    conn.write(ack.as_bytes()).await.map_err(End::Io)
+                }
+                None => conn.write(unexpected().as_bytes()).await.map_err(End::Io),
+            },
+            "a" => {
+                let Some(sm) = self.sm.as_mut() else {
+                    return Ok(());
+                };
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return Err(End::Stream(
+                        StreamError::new(StreamErrorCondition::BadFormat)
+                            .with_text("<a/> needs a numeric 'h'"),
+                    ));
+                };
+                sm.on_ack(h)
+                    .map_err(|too_high| End::StreamXml(too_high.stream_error_xml()))
+            }
+            // §5: resumption is only possible before binding.
+            "resume" => conn.write(unexpected().as_bytes()).await.map_err(End::Io),
+            _ => Err(End::Stream(StreamError::new(
+                StreamErrorCondition::UnsupportedStanzaType,
+            ))),
+        }
+    }
+
+    /// `user_receive_packet`: false if a module consumed the stanza (privacy lists).
     async fn receive_hook(&self, stanza: &Arc<Stanza>) -> bool {
         let Some(modules) = self.server.host_modules(&self.host) else {
             return true;
@@ -903,5 +1546,15 @@ impl Established {
             self.server.route(stanza).await;
         }
         Ok(())
+    }
+}
+
+/// The reason the core closed the session, if it did (`changed` is false when the directory
+/// entry, and so the sender, is gone).
+fn close_error(changed: bool, close: &watch::Receiver<Option<StreamError>>) -> Option<StreamError> {
+    if changed {
+        close.borrow().clone()
+    } else {
+        None
     }
 }

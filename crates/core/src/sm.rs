@@ -80,6 +80,26 @@ impl SessionEntry {
     }
 }
 
+/// What a resuming connection hands to the task that owns a resumable session (XEP-0198 §5).
+///
+/// The core does not know connection types, so the value is opaque here: the connection crate
+/// that registered the session decides what it carries and downcasts it.
+pub type Takeover = Box<dyn std::any::Any + Send>;
+
+/// A session that can be resumed (XEP-0198 §5), registered by the task that owns it under its
+/// stream management id. It stays registered while the session is bound, attached to a
+/// connection or detached from a lost one, so that a resumption can also take over from a
+/// connection whose loss the server has not noticed yet.
+#[derive(Clone)]
+pub struct Resumable {
+    /// The session's full JID (a resumption must authenticate as its bare JID).
+    pub jid: FullJid,
+    /// The session's directory id.
+    pub id: SessionId,
+    /// Where a resuming connection sends its [`Takeover`].
+    pub takeover: mpsc::Sender<Takeover>,
+}
+
 /// Why a bind was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindError {
@@ -90,6 +110,7 @@ pub enum BindError {
 /// The session directory of this node.
 pub struct SessionManager {
     sessions: DashMap<BareJid, Vec<SessionEntry>>,
+    resumable: DashMap<String, Resumable>,
     next_id: AtomicU64,
     inbox_capacity: usize,
 }
@@ -105,6 +126,7 @@ impl SessionManager {
     pub fn new(inbox_capacity: usize) -> Self {
         Self {
             sessions: DashMap::new(),
+            resumable: DashMap::new(),
             next_id: AtomicU64::new(1),
             inbox_capacity: inbox_capacity.max(1),
         }
@@ -237,6 +259,22 @@ impl SessionManager {
         self.sessions.iter().map(|e| e.value().len()).sum()
     }
 
+    /// Registers a resumable session under its stream management id (XEP-0198 §5); a session
+    /// already registered under that id is replaced.
+    pub fn register_resumable(&self, sm_id: impl Into<String>, session: Resumable) {
+        self.resumable.insert(sm_id.into(), session);
+    }
+
+    /// The resumable session with stream management id `sm_id`, if it is still registered.
+    pub fn resumable(&self, sm_id: &str) -> Option<Resumable> {
+        self.resumable.get(sm_id).map(|r| r.value().clone())
+    }
+
+    /// Forgets `sm_id`, if it still belongs to session `id` (a successor's registration stays).
+    pub fn forget_resumable(&self, sm_id: &str, id: SessionId) {
+        self.resumable.remove_if(sm_id, |_, r| r.id == id);
+    }
+
     /// Closes every session (server shutdown).
     pub fn close_all(&self, error: &StreamError) {
         for entries in &self.sessions {
@@ -315,6 +353,34 @@ mod tests {
             .collect();
         t.sort();
         assert_eq!(t, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn resumable_sessions_are_found_by_id_and_forgotten_by_owner() {
+        let sm = SessionManager::new(4);
+        let (id, _ch) = sm.bind(full("u@x/a"), None).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Takeover>(1);
+        sm.register_resumable(
+            "smid1",
+            Resumable {
+                jid: full("u@x/a"),
+                id,
+                takeover: tx,
+            },
+        );
+        assert!(sm.resumable("other").is_none());
+        let found = sm.resumable("smid1").unwrap();
+        assert_eq!(found.jid, full("u@x/a"));
+        assert_eq!(found.id, id);
+        // The opaque takeover reaches the owner unchanged.
+        found.takeover.try_send(Box::new(7u32)).unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.downcast_ref::<u32>(), Some(&7));
+        // Only the owning session's id removes the registration.
+        sm.forget_resumable("smid1", id + 100);
+        assert!(sm.resumable("smid1").is_some());
+        sm.forget_resumable("smid1", id);
+        assert!(sm.resumable("smid1").is_none());
     }
 
     #[test]

@@ -34,6 +34,15 @@ impl Fixture {
             .await
             .unwrap();
         let mut config = Config::embedded_default(&crate::specs());
+        // Tests start from each module's own defaults, not the embedded server policy
+        // (which, for example, restricts registration to loopback).
+        for module in config
+            .modules
+            .iter_mut()
+            .chain(config.host_modules.values_mut().flatten())
+        {
+            module.options = starling_config::ModuleOptions::new();
+        }
         edit(&mut config);
         let server = Server::new(config, Arc::new(store), &crate::catalogue()).unwrap();
         Self { server, _dir: dir }

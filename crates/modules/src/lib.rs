@@ -13,8 +13,18 @@
 //! | [`version`] `mod_version` | XEP-0092 software version |
 //! | [`time`] `mod_time` | XEP-0202 entity time (XEP-0082 dates) |
 //! | [`last`] `mod_last` | XEP-0012 last activity |
+//! | [`mam`] `mod_mam` | XEP-0313 message archives, XEP-0059 paging, XEP-0359 stanza ids |
 //! | [`register`] `mod_register` | XEP-0077 in-band registration |
 //! | [`roster`] `mod_roster` | RFC 6121 §2 roster management |
+//! | [`offline`] `mod_offline` | XEP-0160 offline messages, XEP-0013 flexible retrieval |
+//! | [`vcard`] `mod_vcard`, `mod_vcard_xupdate` | XEP-0054 vcard-temp, XEP-0153 avatar hashes |
+//! | [`private`] `mod_private` | XEP-0049 private XML storage |
+//! | [`carbons`] `mod_carboncopy` | XEP-0280 message carbons, XEP-0334 `<no-copy/>` |
+//! | [`pep`] `mod_pep` (`mod_pubsub`) | XEP-0163 PEP on XEP-0060, XEP-0115 caps |
+//! | [`privacy`] `mod_privacy` | XEP-0016 privacy lists (and their enforcement) |
+//! | [`blocking`] `mod_blocking` | XEP-0191 blocking command, on the privacy lists |
+//! | [`stream_mgmt`] `mod_stream_mgmt` | XEP-0198 stream management (run by c2s) |
+//! | [`client_state`] `mod_client_state` | XEP-0352 client state indication (run by c2s) |
 
 #![forbid(unsafe_code)]
 
@@ -23,12 +33,22 @@ use std::sync::Arc;
 use starling_config::ModuleSpec;
 use starling_core::module::Module;
 
+pub mod blocking;
+pub mod carbons;
+pub mod client_state;
 pub mod disco;
 pub mod last;
+pub mod mam;
+pub mod offline;
+pub mod pep;
 pub mod ping;
+pub mod privacy;
+pub mod private;
 pub mod register;
 pub mod roster;
+pub mod stream_mgmt;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 mod iq;
@@ -44,8 +64,19 @@ pub fn catalogue() -> Vec<Arc<dyn Module>> {
         Arc::new(version::Version),
         Arc::new(time::Time),
         Arc::new(last::Last),
+        Arc::new(mam::Mam),
         Arc::new(register::Register),
         Arc::new(roster::Roster),
+        Arc::new(offline::Offline),
+        Arc::new(vcard::Vcard),
+        Arc::new(vcard::VcardXupdate),
+        Arc::new(private::Private),
+        Arc::new(carbons::Carbons),
+        Arc::new(privacy::Privacy),
+        Arc::new(blocking::Blocking),
+        Arc::new(pep::Pep),
+        Arc::new(stream_mgmt::StreamMgmt),
+        Arc::new(client_state::ClientState),
     ]
 }
 
@@ -62,10 +93,10 @@ mod tests {
     fn catalogue_names_are_unique_and_canonical() {
         let specs = specs();
         let mut names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 7);
+        let count = names.len();
         assert!(names.iter().all(|n| n.starts_with("mod_")));
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 7, "duplicate module name");
+        assert_eq!(names.len(), count, "duplicate module name");
     }
 }

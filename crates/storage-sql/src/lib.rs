@@ -17,9 +17,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod mam;
 mod migrations;
+mod offline;
+mod pep;
+mod privacy;
+mod private;
 pub mod sql;
 mod sqlite;
+mod vcard;
 
 use std::path::Path;
 use std::time::Duration;

@@ -23,6 +23,23 @@ pub const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         "accounts rosters last",
         include_str!("../migrations/sqlite/0001_accounts_rosters_last.sql"),
     ),
+    (
+        2,
+        "offline",
+        include_str!("../migrations/sqlite/0002_offline.sql"),
+    ),
+    (3, "mam", include_str!("../migrations/sqlite/0003_mam.sql")),
+    (
+        4,
+        "vcard private",
+        include_str!("../migrations/sqlite/0004_vcard_private.sql"),
+    ),
+    (
+        5,
+        "privacy",
+        include_str!("../migrations/sqlite/0005_privacy.sql"),
+    ),
+    (6, "pep", include_str!("../migrations/sqlite/0006_pep.sql")),
 ];
 
 /// A migrator over [`MIGRATIONS_SQLITE`].

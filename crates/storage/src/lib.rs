@@ -18,16 +18,44 @@
 pub mod account;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_mam;
+#[cfg(feature = "conformance")]
+pub mod conformance_offline;
+#[cfg(feature = "conformance")]
+pub mod conformance_pep;
+#[cfg(feature = "conformance")]
+pub mod conformance_privacy;
+#[cfg(feature = "conformance")]
+pub mod conformance_vcard;
 pub mod error;
 pub mod last;
+pub mod mam;
+pub mod offline;
+pub mod pep;
+pub mod privacy;
+pub mod private;
 pub mod roster;
+pub mod vcard;
 
 pub use account::AccountStore;
 pub use error::StorageError;
 pub use last::LastActivityStore;
+pub use mam::{
+    ArchivePage, ArchivePolicy, ArchivePrefs, ArchiveQuery, ArchiveWith, ArchivedMessage,
+    Direction, MamStore,
+};
+pub use offline::{OfflineEntry, OfflineStore, PushOutcome};
+pub use pep::{PepItem, PepItemsQuery, PepNode, PepStore};
+pub use privacy::{
+    PrivacyAction, PrivacyItem, PrivacyList, PrivacyLists, PrivacyMatch, PrivacyStanzas,
+    PrivacyStore,
+};
+pub use private::PrivateStore;
 pub use roster::{RosterItem, RosterStore, Subscription};
 pub use starling_xmpp::jid::BareJid;
 pub use starling_xmpp::scram::Credentials;
+pub use vcard::{StoredVcard, VcardStore};
 
 /// The future every storage method returns: boxed so the traits stay object-safe, `Send` so
 /// callers can hold it across their own awaits in multi-threaded tasks.
@@ -42,6 +70,12 @@ pub trait Stores:
     AccountStore
     + RosterStore
     + LastActivityStore
+    + MamStore
+    + OfflineStore
+    + VcardStore
+    + PrivateStore
+    + PrivacyStore
+    + PepStore
 {
     /// The backend's name as in ejabberd's `sql_type`: `"sqlite"` or `"pgsql"`.
     fn backend_name(&self) -> &'static str;
