@@ -38,6 +38,8 @@ pub enum NodeState {
 
 /// A Starling node.
 pub struct Server {
+    /// Itself, for modules that must spawn work outliving the call they are in.
+    this: std::sync::Weak<Self>,
     config: ArcSwap<Config>,
     stores: Arc<dyn Stores>,
     sm: SessionManager,
@@ -74,7 +76,8 @@ impl Server {
             }
         }
         let (state, _) = watch::channel(NodeState::Running);
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|this| Self {
+            this: this.clone(),
             config: ArcSwap::from_pointee(config),
             stores,
             sm: SessionManager::new(DEFAULT_INBOX),
@@ -86,6 +89,12 @@ impl Server {
             routes,
             remote: arc_swap::ArcSwapOption::empty(),
         }))
+    }
+
+    /// A strong handle to this server, for tasks a module spawns (background deliveries,
+    /// periodic purges). `None` only while the server is being dropped.
+    pub fn handle(&self) -> Option<Arc<Self>> {
+        self.this.upgrade()
     }
 
     /// The current configuration snapshot.

@@ -74,6 +74,21 @@ impl SessionEntry {
         }
     }
 
+    /// Free slots in the inbox right now.
+    pub fn capacity(&self) -> usize {
+        self.inbox.capacity()
+    }
+
+    /// Queues a stanza, waiting up to `timeout` for room in the inbox instead of closing the
+    /// session when it is full. For bulk deliveries from a separate task (an offline backlog
+    /// larger than the inbox), never from the session's own task, which would wait for itself.
+    pub async fn deliver_wait(&self, stanza: Arc<Stanza>, timeout: std::time::Duration) -> bool {
+        self.inbox
+            .send_timeout(SessionMsg::Stanza(stanza), timeout)
+            .await
+            .is_ok()
+    }
+
     /// Asks the owning task to close the stream with `error`.
     pub fn close(&self, error: StreamError) {
         self.close.send_replace(Some(error));

@@ -15,8 +15,9 @@
 //!   `<service-unavailable/>` (XEP-0160 §2, step 3).
 //! - **Delivery** (XEP-0160 §2, step 4): on a session's initial presence with non-negative
 //!   priority (`user_available`), the stored messages are taken atomically and delivered to
-//!   that session in arrival order. Messages that cannot be queued (the session closed, or its
-//!   inbox overflowed) go back to storage under their ids.
+//!   that session in arrival order. What fits in the session's inbox is queued at once; a
+//!   larger backlog is fed by a task that waits for the inbox to drain, so it never overflows.
+//!   Messages that cannot be queued (the session closed) go back to storage under their ids.
 //! - **XEP-0013**: a session that asks the offline node (`disco#info`/`disco#items` to its own
 //!   bare JID with node `http://jabber.org/protocol/offline`, §2.2–2.3) or sends an
 //!   `<offline/>` IQ before its initial presence gets no flood: its messages stay stored for
@@ -216,27 +217,63 @@ impl OfflineState {
         if entries.is_empty() {
             return;
         }
-        let count = entries.len();
+        let Some(target) = server.sm().get(session) else {
+            restore(server, &user, entries).await;
+            return;
+        };
+        // What fits in the inbox goes now, in this task; a larger backlog is fed by a task of
+        // its own that waits for the session to drain its inbox (the session's task cannot wait
+        // for itself), so a long absence never overflows the inbox and closes the session.
+        let room = target.capacity().saturating_sub(INBOX_HEADROOM);
         let mut pending = entries.into_iter();
-        while let Some(entry) = pending.next() {
-            let Some(stanza) = decode(&user, &entry) else {
-                continue;
-            };
-            let delivered = server
-                .sm()
-                .get(session)
-                .is_some_and(|target| target.deliver(Arc::new(stanza)));
-            if !delivered {
-                // The session went away or its inbox overflowed: keep what it did not get.
-                let rest: Vec<OfflineEntry> = std::iter::once(entry).chain(pending).collect();
-                tracing::warn!(%user, undelivered = rest.len(), "offline flush interrupted");
-                if let Err(e) = server.stores().restore_offline(&user, &rest).await {
-                    tracing::error!(%user, error = %e, lost = rest.len(), "cannot restore offline messages");
+        for entry in pending.by_ref().take(room) {
+            if let Some(stanza) = decode(&user, &entry) {
+                if !target.deliver(Arc::new(stanza)) {
+                    let rest: Vec<OfflineEntry> = std::iter::once(entry).chain(pending).collect();
+                    restore(server, &user, rest).await;
+                    return;
                 }
-                return;
             }
         }
-        tracing::debug!(%session, count, "offline messages delivered");
+        let rest: Vec<OfflineEntry> = pending.collect();
+        if rest.is_empty() {
+            return;
+        }
+        let Some(server) = server.handle() else {
+            restore(server, &user, rest).await;
+            return;
+        };
+        tokio::spawn(async move {
+            let mut rest = rest.into_iter();
+            while let Some(entry) = rest.next() {
+                let Some(stanza) = decode(&user, &entry) else {
+                    continue;
+                };
+                if !target.deliver_wait(Arc::new(stanza), BACKLOG_WAIT).await {
+                    let undelivered: Vec<OfflineEntry> =
+                        std::iter::once(entry).chain(rest).collect();
+                    restore(&server, &user, undelivered).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Inbox slots left free when flushing, for live traffic arriving meanwhile.
+const INBOX_HEADROOM: usize = 64;
+/// How long the backlog task waits for room in a session's inbox before giving up; what is
+/// left goes back to storage for the next login.
+const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Puts undelivered messages back under their ids, so the next login gets them in order.
+async fn restore(server: &Server, user: &BareJid, entries: Vec<OfflineEntry>) {
+    if entries.is_empty() {
+        return;
+    }
+    tracing::warn!(%user, undelivered = entries.len(), "offline flush interrupted");
+    if let Err(e) = server.stores().restore_offline(user, &entries).await {
+        tracing::error!(%user, error = %e, lost = entries.len(), "cannot restore offline messages");
     }
 }
 
@@ -1108,7 +1145,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_overflowing_flush_keeps_what_was_not_queued() {
+    async fn a_backlog_larger_than_the_inbox_arrives_whole_and_in_order() {
         let f = Fixture::new().await;
         let bob = f.account("bob@localhost").await;
         let total = starling_core::sm::DEFAULT_INBOX + 5;
@@ -1126,19 +1163,42 @@ mod tests {
         }
         let mut s = f.session("bob@localhost/r").await;
         come_online(&f, &s).await;
-        // The inbox took what it could; the session is closed for overflowing, and the rest
-        // is stored again, first undelivered message first.
-        assert!(s.channels.close.borrow().is_some());
-        let delivered = bodies(&s.drain());
-        assert_eq!(delivered.len(), starling_core::sm::DEFAULT_INBOX);
-        let left = f.server.stores().offline_messages(&bob).await.unwrap();
-        assert_eq!(left.len(), 5);
-        let first = left.first().unwrap();
+        // The first part is queued at once; the rest follows as the session drains its inbox,
+        // and the session is never closed for overflowing.
+        let mut delivered = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while delivered.len() < total && tokio::time::Instant::now() < deadline {
+            delivered.extend(bodies(&s.drain()));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         assert!(
-            first
-                .xml
-                .contains(&format!("<body>{}</body>", delivered.len()))
+            s.channels.close.borrow().is_none(),
+            "the session stays open"
         );
+        let expected: Vec<String> = (0..total).map(|n| n.to_string()).collect();
+        assert_eq!(delivered, expected);
+        assert_eq!(f.server.stores().offline_count(&bob).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flush_to_a_vanished_session_keeps_the_messages() {
+        let f = Fixture::new().await;
+        let bob = f.account("bob@localhost").await;
+        let xml = "<message xmlns='jabber:client' from='a@localhost/r' to='bob@localhost'><body>x</body></message>";
+        f.server
+            .stores()
+            .push_offline(&bob, "a@localhost/r", xml, 1, 10)
+            .await
+            .unwrap();
+        let gone = FullJid::parse("bob@localhost/gone").unwrap();
+        let state = OfflineState {
+            host: "localhost".into(),
+            max: 10,
+            empty_body: EmptyBody::UnlessChatState,
+            flexible: Mutex::default(),
+        };
+        state.flush(&f.server, &gone).await;
+        assert_eq!(f.server.stores().offline_count(&bob).await.unwrap(), 1);
     }
 
     #[test]
