@@ -227,12 +227,12 @@ impl OfflineState {
         let room = target.capacity().saturating_sub(INBOX_HEADROOM);
         let mut pending = entries.into_iter();
         for entry in pending.by_ref().take(room) {
-            if let Some(stanza) = decode(&user, &entry) {
-                if !target.deliver(Arc::new(stanza)) {
-                    let rest: Vec<OfflineEntry> = std::iter::once(entry).chain(pending).collect();
-                    restore(server, &user, rest).await;
-                    return;
-                }
+            if let Some(stanza) = decode(&user, &entry)
+                && !target.deliver(Arc::new(stanza))
+            {
+                let rest: Vec<OfflineEntry> = std::iter::once(entry).chain(pending).collect();
+                restore(server, &user, rest).await;
+                return;
             }
         }
         let rest: Vec<OfflineEntry> = pending.collect();
