@@ -16,7 +16,7 @@
 #   KEEP=1                                         keep the temporary directory (logs, configs)
 #
 # Needs: ejabberd (apt-get install ejabberd; its system service stopped), openssl, python3,
-# and a release build: cargo build --release -p starling-bench --bin starling --bin starlingctl.
+# and a release build: cargo build --release -p starling-bench -p starling-server -p starling-ctl.
 #
 # Notes: the open-files limit is raised as far as the hard limit allows (each side needs one
 # descriptor per connection). All connections come from 127.0.0.1, so one run cannot exceed
