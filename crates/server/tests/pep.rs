@@ -72,7 +72,7 @@ async fn online_with_caps(client: &mut Client, caps: Element) {
     assert_eq!(node, format!("https://example.org/bob#{ver}"));
     let id = query.attr("id").unwrap();
     let mut answer = caps;
-    answer.set_attr("node", node);
+    starling_xmpp::stanza::set_attr(&mut answer, "node", node);
     let xml = String::from_utf8(starling_xmpp::codec::to_bytes(&answer)).unwrap();
     client
         .send(&format!(
