@@ -102,6 +102,9 @@ struct Conn {
     io: Option<Transport>,
     parser: StreamParser,
     buf: Vec<u8>,
+    /// The last read returned less than a full buffer, so the TLS layer holds no decrypted
+    /// bytes we have not seen: the next read may wait for socket readiness without a buffer.
+    drained: bool,
     peer: SocketAddr,
     header_sent: bool,
     host: Option<String>,
@@ -129,6 +132,11 @@ impl Conn {
     }
 
     async fn read_more(&mut self) -> Result<(), End> {
+        if self.drained {
+            // Wait for data holding no buffer: idle connections are the common case.
+            let io = self.io.as_ref().ok_or(End::Eof)?;
+            io.readable().await.map_err(End::Io)?;
+        }
         if self.buf.len() < READ_CHUNK {
             self.buf.resize(READ_CHUNK, 0);
         }
@@ -138,7 +146,8 @@ impl Conn {
         if n == 0 {
             return Err(End::Eof);
         }
-        let data = buf.get(..n).ok_or(End::Eof)?;
+        self.drained = n < self.buf.len();
+        let data = self.buf.get(..n).ok_or(End::Eof)?;
         self.parser.feed(data);
         Ok(())
     }
@@ -241,6 +250,7 @@ pub async fn run(
                 },
             ),
             buf: Vec::new(),
+            drained: false,
             peer,
             header_sent: false,
             host: None,
@@ -416,7 +426,11 @@ async fn negotiate(
                         }
                         let plain = conn.io.take()?;
                         match plain.upgrade(tls).await {
-                            Ok(secure) => conn.io = Some(secure),
+                            Ok(secure) => {
+                                conn.io = Some(secure);
+                                // The handshake may have decrypted bytes already: read first.
+                                conn.drained = false;
+                            }
                             Err(e) => {
                                 tracing::debug!(error = %e, "STARTTLS handshake failed");
                                 return None;
@@ -1018,8 +1032,11 @@ impl Established {
                 }
             }
             if conn.parser.buffered() == 0 {
-                // An idle connection holds no parse buffer.
+                // An idle connection holds no parse or read buffer.
                 conn.parser.shrink();
+                if conn.drained {
+                    conn.buf = Vec::new();
+                }
             }
             let next_ping = self.keepalive.as_ref().map(|k| match &self.pending_ping {
                 Some((_, sent)) => *sent + k.ack_timeout,

@@ -53,6 +53,16 @@ impl Transport {
         Some(out.to_vec())
     }
 
+    /// Waits until the socket has bytes to read, without holding a read buffer meanwhile.
+    /// For TLS this is the socket under the TLS layer: callers must first drain what the TLS
+    /// layer already decrypted (a read that filled its buffer may have left more).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Self::Plain(tcp) => tcp.readable().await,
+            Self::Tls(tls) => tls.get_ref().0.readable().await,
+        }
+    }
+
     /// The TLS server name the client asked for (SNI), if any.
     pub fn sni(&self) -> Option<String> {
         match self {

@@ -144,6 +144,9 @@ pub struct StreamParser {
     /// syntax error depends on how the bytes were split; deferring keeps the reported error
     /// independent of packet boundaries.
     stray_text: bool,
+    /// The stream root's qualified name as sent (`stream:stream`), to re-prime a fresh rxml
+    /// parser when the connection is idle (see [`StreamParser::shrink`]).
+    root_qname: Option<String>,
 }
 
 impl StreamParser {
@@ -163,6 +166,7 @@ impl StreamParser {
             since_event: 0,
             stanza_bytes: None,
             stray_text: false,
+            root_qname: None,
         }
     }
 
@@ -217,6 +221,7 @@ impl StreamParser {
         self.since_event = 0;
         self.stanza_bytes = None;
         self.stray_text = false;
+        self.root_qname = None;
     }
 
     /// Bytes fed but not yet consumed (for memory accounting; 0 when idle).
@@ -225,6 +230,11 @@ impl StreamParser {
     }
 
     /// Releases buffer capacity when idle, so an idle connection holds no read buffer.
+    ///
+    /// rxml keeps a scratch buffer of `max_token_length` bytes once it has read a token and
+    /// never gives it back. Between stanzas the parser's only state is "inside the stream
+    /// root" (namespaces are resolved here, not by rxml), so an idle parser is replaced by a
+    /// fresh one primed with the root's start tag: same behaviour, no scratch buffer.
     pub fn shrink(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
@@ -232,6 +242,24 @@ impl StreamParser {
         self.parser.release_temporaries();
         if self.stack.is_empty() {
             self.stack = Vec::new();
+        }
+        let idle = matches!(self.phase, Phase::Open)
+            && self.scopes.len() == 1
+            && self.head.is_none()
+            && self.stack.is_empty()
+            && self.buf.is_empty()
+            && self.since_event == 0
+            && self.stanza_bytes.is_none()
+            && !self.stray_text;
+        if let (true, Some(root)) = (idle, self.root_qname.as_deref()) {
+            let mut fresh = new_raw_parser();
+            let start = format!("<{root}>");
+            let mut bytes = start.as_bytes();
+            // Consume the priming tag's events; they were already handled for the real root.
+            while let Ok(Some(_)) = fresh.parse(&mut bytes, false) {}
+            if bytes.is_empty() {
+                self.parser = fresh;
+            }
         }
     }
 
@@ -388,6 +416,10 @@ impl StreamParser {
             }
         }
         if self.scopes.len() == 1 {
+            self.root_qname = Some(match &prefix {
+                Some(p) => format!("{p}:{local}"),
+                None => local.to_string(),
+            });
             let header = self.stream_header(&element_ns, &local, &resolved)?;
             self.phase = Phase::Open;
             return Ok(Some(StreamEvent::Open(header)));
@@ -1262,6 +1294,51 @@ mod tests {
         ));
         parser.shrink();
         assert_eq!(parser.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn shrinking_an_idle_parser_keeps_the_stream_working() {
+        for (header, close) in [
+            (HEADER.to_owned(), "</stream:stream>"),
+            (
+                "<x:stream xmlns:x='http://etherx.jabber.org/streams' xmlns='jabber:client' \
+                 to='example.org' version='1.0'>"
+                    .to_owned(),
+                "</x:stream>",
+            ),
+        ] {
+            let mut parser = c2s();
+            parser.feed(header.as_bytes());
+            assert!(matches!(
+                parser.next_event(),
+                Ok(Some(StreamEvent::Open(_)))
+            ));
+            let long = "a".repeat(4000);
+            parser.feed(format!("<message id='{long}'><body>x</body></message>").as_bytes());
+            assert!(matches!(
+                parser.next_event(),
+                Ok(Some(StreamEvent::Stanza(_)))
+            ));
+            parser.shrink();
+            // Stanzas after the swap parse with the stream's namespaces, split anywhere.
+            let next = b"<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>";
+            let mut got = 0;
+            for b in next {
+                parser.feed(&[*b]);
+                if let Ok(Some(StreamEvent::Stanza(el))) = parser.next_event() {
+                    assert_eq!(el.ns(), "jabber:client");
+                    assert!(el.get_child("ping", "urn:xmpp:ping").is_some());
+                    got += 1;
+                }
+            }
+            assert_eq!(got, 1);
+            parser.shrink();
+            parser.feed(close.as_bytes());
+            assert!(
+                matches!(parser.next_event(), Ok(Some(StreamEvent::Close))),
+                "{header}"
+            );
+        }
     }
 
     #[test]
