@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,57 +1,130 @@
-//! SQL storage backends: the [`starling_storage`] traits on SQLite (and, later, PostgreSQL).
+//! SQL storage backends: the [`starling_storage`] traits on SQLite and on PostgreSQL.
 //!
 //! This crate owns the schema (`migrations/{sqlite,postgres}`, one numbering, DESIGN §6),
-//! the statements ([`sql`], written once in SQL that both databases accept) and their
-//! execution (the private `sqlite` module). It must never decide XMPP policy: what to store
-//! comes from the modules, this crate only keeps it durable and consistent.
+//! the statements ([`sql`] and each store's module, written once in SQL that both databases
+//! accept) and their execution. It must never decide XMPP policy: what to store comes from
+//! the modules, this crate only keeps it durable and consistent.
+//!
+//! ## Two backends, one code path
+//!
+//! [`SqlStore<DB>`] is one type per backend: `SqlStore<Sqlite>` (the default type, so plain
+//! `SqlStore` means SQLite) and `SqlStore<Postgres>`, opened with [`SqlStore::open_sqlite`]
+//! and [`SqlStore::open_postgres`] and handed to `core` as `Arc<dyn Stores>`. Each store's
+//! code is written once, inside `per_backend!`, which compiles it for both drivers with
+//! `Db` naming the driver. This keeps sqlx's native drivers: its `Any` driver (0.9) cannot
+//! read SQLite `BOOLEAN` columns and takes SQLite options only as a URL, and generic code
+//! over `sqlx::Database` needs a dozen higher-ranked bounds on every function.
 //!
 //! Conventions every statement follows:
 //! - per-user keys start `(host, username)`; JIDs are stored as given (already normalised);
-//! - times are `BIGINT` (µs UTC for our own timestamps, unix seconds for XEP-0012);
+//! - times are `BIGINT` (µs UTC for our own timestamps, unix seconds for XEP-0012), and every
+//!   integer column is 64-bit on both backends (PostgreSQL `BIGINT`), so rows decode as `i64`;
 //! - SCRAM keys are one row per hash with the binary values as `BLOB`/`BYTEA`;
 //! - a write transaction starts with a write statement, so SQLite takes its write lock up
 //!   front (waiting under `busy_timeout`) instead of failing on a read-to-write upgrade, and
-//!   PostgreSQL locks the user's rows before any check that depends on them (quotas).
-//!
-//! Usage: `SqlStore::open_sqlite(path).await?` and hand it to `core` as `Arc<dyn Stores>`.
+//!   PostgreSQL locks the user's rows before any check that depends on them (quotas);
+//! - no result order depends on a collation: text is sorted in Rust, by bytes.
 
 #![forbid(unsafe_code)]
 
+mod accounts;
 pub mod mam;
 mod migrations;
+mod muc;
 mod offline;
 mod pep;
 mod privacy;
 mod private;
 pub mod sql;
-mod sqlite;
 mod vcard;
 
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use starling_storage::{
-    AccountStore, BareJid, BoxFuture, Credentials, LastActivityStore, RosterItem, RosterStore,
-    StorageError, Stores,
-};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection as _, Database, Pool};
+use starling_storage::{BoxFuture, StorageError, Stores};
 
-pub use migrations::MIGRATIONS_SQLITE;
+pub use migrations::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE};
+pub use sqlx::{Postgres, Sqlite};
 
 /// How long a connection waits for SQLite's single writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite serialises writers anyway; a few connections let readers run beside one writer.
 const SQLITE_POOL_SIZE: u32 = 4;
+/// How long a caller waits for a PostgreSQL connection (also bounds the first connect, so a
+/// node pointed at a silent address fails its start instead of hanging).
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The SQL-backed [`Stores`]: every store on one connection pool.
-#[derive(Clone, Debug)]
-pub struct SqlStore {
-    pool: SqlitePool,
+/// Where a PostgreSQL database is and how to log in: ejabberd's `sql_*` options, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// `sql_server`: a host name or address, or an absolute path to a Unix socket directory.
+    pub server: String,
+    /// `sql_port`.
+    pub port: u16,
+    /// `sql_database`.
+    pub database: String,
+    /// `sql_username`.
+    pub username: String,
+    /// `sql_password` (empty: none).
+    pub password: String,
+    /// `sql_pool_size`: most connections this node opens.
+    pub pool_size: u32,
 }
 
-impl SqlStore {
+impl PgTarget {
+    /// The default port of PostgreSQL (ejabberd's `sql_port` default for `pgsql`).
+    pub const DEFAULT_PORT: u16 = 5432;
+    /// ejabberd's default `sql_database`.
+    pub const DEFAULT_DATABASE: &'static str = "ejabberd";
+
+    /// `pgsql://server:port/database`: names the database without the credentials, for logs,
+    /// errors and [`Stores::db_identity`].
+    pub fn identity(&self) -> String {
+        format!("pgsql://{}:{}/{}", self.server, self.port, self.database)
+    }
+}
+
+impl std::fmt::Debug for PgTarget {
+    // By hand so that the password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("server", &self.server)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SQL-backed [`Stores`]: every store on one connection pool of backend `DB`.
+pub struct SqlStore<DB: Database = Sqlite> {
+    pool: Pool<DB>,
+    /// What [`Stores::db_identity`] reports.
+    identity: String,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlStore<Sqlite> {
     /// Open (create) `path` in WAL mode with a small pool, run migrations (embedded).
     pub async fn open_sqlite(path: &Path) -> Result<Self, StorageError> {
         // Options rather than a `sqlite:` URL, so that any file name (spaces, `?`, non-UTF-8)
@@ -70,7 +143,10 @@ impl SqlStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            identity: "sqlite".to_owned(),
+        };
         store.migrate().await?;
         tracing::info!(path = %path.display(), "sqlite storage open");
         Ok(store)
@@ -88,7 +164,74 @@ impl SqlStore {
 
     /// The versions of the migrations applied to this database, ascending.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>, StorageError> {
-        sqlite::applied_migrations(&self.pool).await
+        sqlx::query_scalar(sql::SELECT_APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
+    }
+}
+
+impl SqlStore<Postgres> {
+    /// Connects to `target` (the pool opens connections as needed, up to `pool_size`) and
+    /// runs the migrations that are not yet applied, under sqlx's advisory lock, so nodes of a
+    /// cluster starting together migrate once.
+    ///
+    /// A database that cannot be reached is an error naming `pgsql://server:port/database`.
+    pub async fn open_postgres(target: &PgTarget) -> Result<Self, StorageError> {
+        let identity = target.identity();
+        let mut options = PgConnectOptions::new_without_pgpass()
+            .port(target.port)
+            .database(&target.database)
+            .username(&target.username)
+            .application_name("starling")
+            // No TLS driver is built in yet: say so to the server rather than negotiate.
+            .ssl_mode(PgSslMode::Disable);
+        options = if target.server.starts_with('/') {
+            options.socket(&target.server)
+        } else {
+            options.host(&target.server)
+        };
+        if !target.password.is_empty() {
+            options = options.password(&target.password);
+        }
+        let cannot = |e: &dyn std::fmt::Display| {
+            StorageError::Backend(format!("cannot connect to {identity}: {e}"))
+        };
+        // One direct connection first: the pool retries refused connections until its
+        // acquire timeout, which would turn a typo in `sql_port` into a silent 10 s wait.
+        let probe = tokio::time::timeout(PG_ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| cannot(&"timed out"))?
+            .map_err(|e| cannot(&e))?;
+        probe.close().await.map_err(|e| cannot(&e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(target.pool_size.max(1))
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| cannot(&e))?;
+        let store = Self { pool, identity };
+        store.migrate().await?;
+        tracing::info!(database = %store.identity, "postgresql storage open");
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that are not yet applied; a no-op when up to date.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        migrations::postgres_migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| {
+                StorageError::Backend(format!("migration of {} failed: {e}", self.identity))
+            })
+    }
+
+    /// The versions of the migrations applied to this database, ascending.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, StorageError> {
+        sqlx::query_scalar(sql::SELECT_APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)
     }
 }
 
@@ -97,111 +240,104 @@ pub(crate) fn backend(e: sqlx::Error) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
-impl AccountStore for SqlStore {
-    fn create<'a>(
-        &'a self,
-        user: &'a BareJid,
-        creds: &'a Credentials,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(sqlite::create_account(&self.pool, user, creds))
-    }
-
-    fn credentials<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<Credentials>, StorageError>> {
-        Box::pin(sqlite::credentials(&self.pool, user))
-    }
-
-    fn set_credentials<'a>(
-        &'a self,
-        user: &'a BareJid,
-        creds: &'a Credentials,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(sqlite::set_credentials(&self.pool, user, creds))
-    }
-
-    fn exists<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(sqlite::account_exists(&self.pool, user))
-    }
-
-    fn remove<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(sqlite::remove_account(&self.pool, user))
-    }
-
-    fn list<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
-        Box::pin(sqlite::list_accounts(&self.pool, host))
-    }
-
-    fn count<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(sqlite::count_accounts(&self.pool, host))
-    }
+/// Compiles the items given once per backend: in `mod on_sqlite` with `Db = Sqlite` and in
+/// `mod on_postgres` with `Db = Postgres`. The items see their parent module's names.
+macro_rules! per_backend {
+    ($($items:tt)*) => {
+        mod on_sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(dead_code)]
+            type Db = sqlx::Sqlite;
+            $($items)*
+        }
+        mod on_postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(dead_code)]
+            type Db = sqlx::Postgres;
+            $($items)*
+        }
+    };
 }
+pub(crate) use per_backend;
 
-impl RosterStore for SqlStore {
-    fn roster<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<(Vec<RosterItem>, String), StorageError>> {
-        Box::pin(sqlite::roster(&self.pool, user))
-    }
-
-    fn version<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<String, StorageError>> {
-        Box::pin(sqlite::roster_version(&self.pool, user))
-    }
-
-    fn item<'a>(
-        &'a self,
-        user: &'a BareJid,
-        contact: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<RosterItem>, StorageError>> {
-        Box::pin(sqlite::roster_item(&self.pool, user, contact))
-    }
-
-    fn put_item<'a>(
-        &'a self,
-        user: &'a BareJid,
-        item: &'a RosterItem,
-        max_items: u32,
-    ) -> BoxFuture<'a, Result<String, StorageError>> {
-        Box::pin(sqlite::put_roster_item(&self.pool, user, item, max_items))
-    }
-
-    fn remove_item<'a>(
-        &'a self,
-        user: &'a BareJid,
-        contact: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
-        Box::pin(sqlite::remove_roster_item(&self.pool, user, contact))
-    }
-}
-
-impl LastActivityStore for SqlStore {
-    fn set_last<'a>(
-        &'a self,
-        user: &'a BareJid,
-        seconds: i64,
-        status: &'a str,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(sqlite::set_last(&self.pool, user, seconds, status))
-    }
-
-    fn last<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<(i64, String)>, StorageError>> {
-        Box::pin(sqlite::last(&self.pool, user))
-    }
-}
-
-impl Stores for SqlStore {
+impl Stores for SqlStore<Sqlite> {
     fn backend_name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn db_identity(&self) -> String {
+        self.identity.clone()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         // Closing the pool checkpoints the WAL when the last connection goes, so the database
         // file alone holds everything after shutdown.
         Box::pin(self.pool.close())
+    }
+}
+
+impl Stores for SqlStore<Postgres> {
+    fn backend_name(&self) -> &'static str {
+        "pgsql"
+    }
+
+    fn db_identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> PgTarget {
+        PgTarget {
+            server: "db.example".to_owned(),
+            port: 5433,
+            database: "xmpp".to_owned(),
+            username: "starling".to_owned(),
+            password: "secret".to_owned(),
+            pool_size: 3,
+        }
+    }
+
+    #[test]
+    fn identity_names_server_port_and_database_only() {
+        assert_eq!(target().identity(), "pgsql://db.example:5433/xmpp");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let shown = format!("{:?}", target());
+        assert!(shown.contains("db.example"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_postgres_is_an_error_naming_the_database() {
+        // A port just bound and released on loopback: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let target = PgTarget {
+            server: "127.0.0.1".to_owned(),
+            port,
+            ..target()
+        };
+        let err = SqlStore::open_postgres(&target)
+            .await
+            .expect_err("nothing listens there");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pgsql://127.0.0.1:{port}/xmpp")),
+            "{text}"
+        );
     }
 }

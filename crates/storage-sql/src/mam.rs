@@ -13,7 +13,7 @@ use starling_storage::{
 };
 use starling_xmpp::jid::Jid;
 
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// `$1` host, `$2` username, `$3` id, `$4` with_bare, `$5` with_resource, `$6` outgoing,
 /// `$7` stanza.
@@ -173,7 +173,7 @@ macro_rules! bind_all {
     }};
 }
 
-impl SqlStore {
+impl SqlStore<sqlx::Sqlite> {
     /// SQLite's `EXPLAIN QUERY PLAN` of the page statement for `query` on `user`'s archive,
     /// one line per plan step (the `detail` column). For tests and for operators looking
     /// into a slow archive.
@@ -194,241 +194,243 @@ impl SqlStore {
     }
 }
 
-impl MamStore for SqlStore {
-    fn archive_message<'a>(
-        &'a self,
-        user: &'a BareJid,
-        message: &'a ArchivedMessage,
-        expire_before: Option<i64>,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            sqlx::query(INSERT_MESSAGE)
-                .bind(host)
-                .bind(username)
-                .bind(message.id)
-                .bind(message.with.as_str())
-                .bind(message.with_resource.as_str())
-                .bind(message.direction == Direction::Outgoing)
-                .bind(message.stanza.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match &e {
-                    // Another node archived for this user in the same µs: the caller retries.
-                    sqlx::Error::Database(db) if db.is_unique_violation() => {
-                        StorageError::AlreadyExists
-                    }
-                    _ => backend(e),
-                })?;
-            if let Some(cutoff) = expire_before {
-                // An index range on (host, username, id): nothing to do costs one seek.
-                sqlx::query(DELETE_EXPIRED)
+per_backend! {
+    impl MamStore for SqlStore<Db> {
+        fn archive_message<'a>(
+            &'a self,
+            user: &'a BareJid,
+            message: &'a ArchivedMessage,
+            expire_before: Option<i64>,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                sqlx::query(INSERT_MESSAGE)
                     .bind(host)
                     .bind(username)
-                    .bind(cutoff)
+                    .bind(message.id)
+                    .bind(message.with.as_str())
+                    .bind(message.with_resource.as_str())
+                    .bind(message.direction == Direction::Outgoing)
+                    .bind(message.stanza.as_str())
                     .execute(&mut *tx)
                     .await
-                    .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
-
-    fn query_archive<'a>(
-        &'a self,
-        user: &'a BareJid,
-        query: &'a ArchiveQuery,
-    ) -> BoxFuture<'a, Result<ArchivePage, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            // One read transaction: the anchors, the page and the count see one snapshot.
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            let anchors = [
-                query.after_id,
-                query.before_id,
-                query.page_after,
-                query.page_before,
-            ];
-            for id in anchors.into_iter().flatten() {
-                let (n,): (i64,) = sqlx::query_as(SELECT_ID_EXISTS)
-                    .bind(host)
-                    .bind(username)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                if n == 0 {
-                    return Err(StorageError::NotFound);
+                    .map_err(|e| match &e {
+                        // Another node archived for this user in the same µs: the caller retries.
+                        sqlx::Error::Database(db) if db.is_unique_violation() => {
+                            StorageError::AlreadyExists
+                        }
+                        _ => backend(e),
+                    })?;
+                if let Some(cutoff) = expire_before {
+                    // An index range on (host, username, id): nothing to do costs one seek.
+                    sqlx::query(DELETE_EXPIRED)
+                        .bind(host)
+                        .bind(username)
+                        .bind(cutoff)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
                 }
-            }
-            let page = archive_query_sql(host, username, query);
-            let rows: Vec<MessageRow> = bind_all!(
-                sqlx::query_as(sqlx::AssertSqlSafe(page.sql.as_str())),
-                &page.args
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let max = usize::try_from(query.max).unwrap_or(usize::MAX);
-            let complete = rows.len() <= max;
-            // A complete page with no anchor and no offset holds every match: counting them
-            // again would only cost a second index walk (the usual case for small archives).
-            let whole = complete
-                && query.page_after.is_none()
-                && query.page_before.is_none()
-                && (query.from_end || query.offset == 0);
-            let total = if whole {
-                i64::try_from(rows.len()).unwrap_or(i64::MAX)
-            } else {
-                let count = archive_count_sql(host, username, query);
-                let (total,): (i64,) = bind_all!(
-                    sqlx::query_as(sqlx::AssertSqlSafe(count.sql.as_str())),
-                    &count.args
-                )
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-                total
-            };
-            tx.rollback().await.map_err(backend)?;
-            let mut messages = rows
-                .into_iter()
-                .take(max)
-                .map(decode_message)
-                .collect::<Result<Vec<_>, _>>()?;
-            if query.from_end {
-                messages.reverse();
-            }
-            Ok(ArchivePage {
-                messages,
-                complete,
-                count: u64::try_from(total).unwrap_or(0),
+                tx.commit().await.map_err(backend)
             })
-        })
-    }
+        }
 
-    fn archive_bounds<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<(i64, i64)>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(SELECT_BOUNDS)
-                .bind(host)
-                .bind(username)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(first.zip(last))
-        })
-    }
-
-    fn archive_prefs<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<ArchivePrefs>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            let policy: Option<String> = sqlx::query_scalar(SELECT_PREFS)
-                .bind(host)
-                .bind(username)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let Some(policy) = policy else {
-                return Ok(None);
-            };
-            let default = ArchivePolicy::parse(&policy)
-                .ok_or_else(|| StorageError::Corrupt(format!("archive policy {policy:?}")))?;
-            let mut rows: Vec<(String, bool)> = sqlx::query_as(SELECT_PREFS_JIDS)
-                .bind(host)
-                .bind(username)
+        fn query_archive<'a>(
+            &'a self,
+            user: &'a BareJid,
+            query: &'a ArchiveQuery,
+        ) -> BoxFuture<'a, Result<ArchivePage, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                // One read transaction: the anchors, the page and the count see one snapshot.
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let anchors = [
+                    query.after_id,
+                    query.before_id,
+                    query.page_after,
+                    query.page_before,
+                ];
+                for id in anchors.into_iter().flatten() {
+                    let (n,): (i64,) = sqlx::query_as(SELECT_ID_EXISTS)
+                        .bind(host)
+                        .bind(username)
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    if n == 0 {
+                        return Err(StorageError::NotFound);
+                    }
+                }
+                let page = archive_query_sql(host, username, query);
+                let rows: Vec<MessageRow> = bind_all!(
+                    sqlx::query_as(sqlx::AssertSqlSafe(page.sql.as_str())),
+                    &page.args
+                )
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(backend)?;
-            tx.rollback().await.map_err(backend)?;
-            // Byte order, so that both backends list the same way (see crate::sql).
-            rows.sort();
-            let mut prefs = ArchivePrefs {
-                default,
-                always: Vec::new(),
-                never: Vec::new(),
-            };
-            for (jid, always) in rows {
-                let jid = Jid::parse(&jid)
-                    .map_err(|_| StorageError::Corrupt(format!("archive prefs jid {jid:?}")))?;
-                if always {
-                    prefs.always.push(jid);
+                let max = usize::try_from(query.max).unwrap_or(usize::MAX);
+                let complete = rows.len() <= max;
+                // A complete page with no anchor and no offset holds every match: counting them
+                // again would only cost a second index walk (the usual case for small archives).
+                let whole = complete
+                    && query.page_after.is_none()
+                    && query.page_before.is_none()
+                    && (query.from_end || query.offset == 0);
+                let total = if whole {
+                    i64::try_from(rows.len()).unwrap_or(i64::MAX)
                 } else {
-                    prefs.never.push(jid);
+                    let count = archive_count_sql(host, username, query);
+                    let (total,): (i64,) = bind_all!(
+                        sqlx::query_as(sqlx::AssertSqlSafe(count.sql.as_str())),
+                        &count.args
+                    )
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                    total
+                };
+                tx.rollback().await.map_err(backend)?;
+                let mut messages = rows
+                    .into_iter()
+                    .take(max)
+                    .map(decode_message)
+                    .collect::<Result<Vec<_>, _>>()?;
+                if query.from_end {
+                    messages.reverse();
                 }
-            }
-            Ok(Some(prefs))
-        })
-    }
+                Ok(ArchivePage {
+                    messages,
+                    complete,
+                    count: u64::try_from(total).unwrap_or(0),
+                })
+            })
+        }
 
-    fn set_archive_prefs<'a>(
-        &'a self,
-        user: &'a BareJid,
-        prefs: &'a ArchivePrefs,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            sqlx::query(UPSERT_PREFS)
-                .bind(host)
-                .bind(username)
-                .bind(prefs.default.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            sqlx::query(DELETE_PREFS_JIDS)
-                .bind(host)
-                .bind(username)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            // `never` wins over `always` for a JID listed in both (XEP-0313 §7 leaves it
-            // open; refusing to archive is the privacy-preserving reading).
-            let mut seen = std::collections::HashSet::new();
-            let lists = prefs
-                .never
-                .iter()
-                .map(|j| (j, false))
-                .chain(prefs.always.iter().map(|j| (j, true)));
-            for (jid, always) in lists {
-                if !seen.insert(jid.as_str()) {
-                    continue;
-                }
-                sqlx::query(INSERT_PREFS_JID)
+        fn archive_bounds<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Option<(i64, i64)>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(SELECT_BOUNDS)
                     .bind(host)
                     .bind(username)
-                    .bind(jid.as_str())
-                    .bind(always)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(first.zip(last))
+            })
+        }
+
+        fn archive_prefs<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Option<ArchivePrefs>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let policy: Option<String> = sqlx::query_scalar(SELECT_PREFS)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let Some(policy) = policy else {
+                    return Ok(None);
+                };
+                let default = ArchivePolicy::parse(&policy)
+                    .ok_or_else(|| StorageError::Corrupt(format!("archive policy {policy:?}")))?;
+                let mut rows: Vec<(String, bool)> = sqlx::query_as(SELECT_PREFS_JIDS)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.rollback().await.map_err(backend)?;
+                // Byte order, so that both backends list the same way (see crate::sql).
+                rows.sort();
+                let mut prefs = ArchivePrefs {
+                    default,
+                    always: Vec::new(),
+                    never: Vec::new(),
+                };
+                for (jid, always) in rows {
+                    let jid = Jid::parse(&jid)
+                        .map_err(|_| StorageError::Corrupt(format!("archive prefs jid {jid:?}")))?;
+                    if always {
+                        prefs.always.push(jid);
+                    } else {
+                        prefs.never.push(jid);
+                    }
+                }
+                Ok(Some(prefs))
+            })
+        }
+
+        fn set_archive_prefs<'a>(
+            &'a self,
+            user: &'a BareJid,
+            prefs: &'a ArchivePrefs,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                sqlx::query(UPSERT_PREFS)
+                    .bind(host)
+                    .bind(username)
+                    .bind(prefs.default.as_str())
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
-
-    fn remove_archive<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            for statement in [DELETE_MESSAGES, DELETE_PREFS_JIDS, DELETE_PREFS] {
-                sqlx::query(statement)
+                sqlx::query(DELETE_PREFS_JIDS)
                     .bind(host)
                     .bind(username)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
+                // `never` wins over `always` for a JID listed in both (XEP-0313 §7 leaves it
+                // open; refusing to archive is the privacy-preserving reading).
+                let mut seen = std::collections::HashSet::new();
+                let lists = prefs
+                    .never
+                    .iter()
+                    .map(|j| (j, false))
+                    .chain(prefs.always.iter().map(|j| (j, true)));
+                for (jid, always) in lists {
+                    if !seen.insert(jid.as_str()) {
+                        continue;
+                    }
+                    sqlx::query(INSERT_PREFS_JID)
+                        .bind(host)
+                        .bind(username)
+                        .bind(jid.as_str())
+                        .bind(always)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
+
+        fn remove_archive<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                for statement in [DELETE_MESSAGES, DELETE_PREFS_JIDS, DELETE_PREFS] {
+                    sqlx::query(statement)
+                        .bind(host)
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
     }
 }
 

@@ -7,6 +7,9 @@
 //! build of sqlx and of the bundled SQLite; the checksums are the same either way. A test
 //! checks that this list matches the directory, so a new file cannot be forgotten.
 //!
+//! The PostgreSQL list ([`MIGRATIONS_POSTGRES`]) must name the same versions and
+//! descriptions; tests check both lists against their directories and each other.
+//!
 //! Migrations are expand/contract and run with `ignore_missing`, so a node one release
 //! behind still starts on a database a newer node has already migrated (rolling upgrades).
 
@@ -40,11 +43,62 @@ pub const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_privacy.sql"),
     ),
     (6, "pep", include_str!("../migrations/sqlite/0006_pep.sql")),
+    (7, "muc", include_str!("../migrations/sqlite/0007_muc.sql")),
+];
+
+/// `(version, description, SQL)` of every PostgreSQL migration, ascending: the same versions
+/// and descriptions as [`MIGRATIONS_SQLITE`] (a test checks), files in `migrations/postgres/`.
+pub const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
+    // One migration per line, as in MIGRATIONS_SQLITE.
+    (
+        1,
+        "accounts rosters last",
+        include_str!("../migrations/postgres/0001_accounts_rosters_last.sql"),
+    ),
+    (
+        2,
+        "offline",
+        include_str!("../migrations/postgres/0002_offline.sql"),
+    ),
+    (
+        3,
+        "mam",
+        include_str!("../migrations/postgres/0003_mam.sql"),
+    ),
+    (
+        4,
+        "vcard private",
+        include_str!("../migrations/postgres/0004_vcard_private.sql"),
+    ),
+    (
+        5,
+        "privacy",
+        include_str!("../migrations/postgres/0005_privacy.sql"),
+    ),
+    (
+        6,
+        "pep",
+        include_str!("../migrations/postgres/0006_pep.sql"),
+    ),
+    (
+        7,
+        "muc",
+        include_str!("../migrations/postgres/0007_muc.sql"),
+    ),
 ];
 
 /// A migrator over [`MIGRATIONS_SQLITE`].
 pub(crate) fn sqlite_migrator() -> Migrator {
-    let migrations = MIGRATIONS_SQLITE
+    migrator(MIGRATIONS_SQLITE)
+}
+
+/// A migrator over [`MIGRATIONS_POSTGRES`].
+pub(crate) fn postgres_migrator() -> Migrator {
+    migrator(MIGRATIONS_POSTGRES)
+}
+
+fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = list
         .iter()
         .map(|&(version, description, sql)| {
             Migration::new(
@@ -105,6 +159,40 @@ mod tests {
             .map(|(v, d, _)| format!("{v:04}_{}.sql", d.replace(' ', "_")))
             .collect();
         assert_eq!(embedded, files("sqlite"));
+    }
+
+    #[test]
+    fn embedded_list_matches_the_postgres_directory() {
+        let embedded: BTreeSet<String> = MIGRATIONS_POSTGRES
+            .iter()
+            .map(|(v, d, _)| format!("{v:04}_{}.sql", d.replace(' ', "_")))
+            .collect();
+        assert_eq!(embedded, files("postgres"));
+    }
+
+    #[test]
+    fn both_lists_have_the_same_versions_and_descriptions() {
+        let names = |list: &[(i64, &'static str, &'static str)]| -> Vec<(i64, &'static str)> {
+            list.iter().map(|&(v, d, _)| (v, d)).collect()
+        };
+        assert_eq!(names(MIGRATIONS_SQLITE), names(MIGRATIONS_POSTGRES));
+    }
+
+    #[test]
+    fn postgres_migrations_use_no_sqlite_only_types() {
+        for (version, _, sql) in MIGRATIONS_POSTGRES {
+            // Statements only: comments may name the SQLite types they differ from.
+            let code: String = sql
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let upper = code.to_ascii_uppercase();
+            // INTEGER is 32-bit on PostgreSQL, and rows are decoded as i64 (crate docs).
+            for word in [" BLOB", " INTEGER", "AUTOINCREMENT", "WITHOUT ROWID"] {
+                assert!(!upper.contains(word), "migration {version} uses{word}");
+            }
+        }
     }
 
     #[test]

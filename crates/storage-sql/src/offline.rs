@@ -10,7 +10,7 @@ use starling_storage::{
     BareJid, BoxFuture, OfflineEntry, OfflineStore, PushOutcome, StorageError, account_key,
 };
 
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// Hands out the next id. `$1` host, `$2` username.
 pub(crate) const BUMP_OFFLINE_SEQ: &str = "INSERT INTO offline_sequences (host, username, seq) \
@@ -61,205 +61,207 @@ fn entry((id, stored_at, from, xml): Row) -> OfflineEntry {
     }
 }
 
-impl OfflineStore for SqlStore {
-    fn push_offline<'a>(
-        &'a self,
-        user: &'a BareJid,
-        from: &'a str,
-        xml: &'a str,
-        stored_at: i64,
-        max: u32,
-    ) -> BoxFuture<'a, Result<PushOutcome, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            // The bump is the first write: see the module docs.
-            let seq: i64 = sqlx::query_scalar(BUMP_OFFLINE_SEQ)
-                .bind(host)
-                .bind(username)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let stored: i64 = sqlx::query_scalar(COUNT_OFFLINE)
-                .bind(host)
-                .bind(username)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if stored >= i64::from(max) {
-                // Rolling back also returns the id, so refused messages leave no gap.
-                tx.rollback().await.map_err(backend)?;
-                return Ok(PushOutcome::QuotaExceeded);
-            }
-            sqlx::query(INSERT_OFFLINE)
-                .bind(host)
-                .bind(username)
-                .bind(seq)
-                .bind(stored_at)
-                .bind(from)
-                .bind(xml)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(PushOutcome::Stored(seq))
-        })
-    }
-
-    fn offline_count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let n: i64 = sqlx::query_scalar(COUNT_OFFLINE)
-                .bind(host)
-                .bind(username)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend)?;
-            u64::try_from(n).map_err(|_| StorageError::Corrupt(format!("offline count {n}")))
-        })
-    }
-
-    fn offline_messages<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let rows: Vec<Row> = sqlx::query_as(SELECT_OFFLINE)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(rows.into_iter().map(entry).collect())
-        })
-    }
-
-    fn offline_headers<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Vec<(i64, String)>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            sqlx::query_as(SELECT_OFFLINE_HEADERS)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)
-        })
-    }
-
-    fn offline_message<'a>(
-        &'a self,
-        user: &'a BareJid,
-        id: i64,
-    ) -> BoxFuture<'a, Result<Option<OfflineEntry>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let row: Option<Row> = sqlx::query_as(SELECT_OFFLINE_ONE)
-                .bind(host)
-                .bind(username)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(row.map(entry))
-        })
-    }
-
-    fn take_offline<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            // One statement: whoever runs it first gets the rows, a concurrent taker none.
-            let rows: Vec<Row> = sqlx::query_as(TAKE_OFFLINE)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            let mut entries: Vec<OfflineEntry> = rows.into_iter().map(entry).collect();
-            entries.sort_unstable_by_key(|e| e.id);
-            Ok(entries)
-        })
-    }
-
-    fn restore_offline<'a>(
-        &'a self,
-        user: &'a BareJid,
-        entries: &'a [OfflineEntry],
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            for e in entries {
-                sqlx::query(RESTORE_OFFLINE)
+per_backend! {
+    impl OfflineStore for SqlStore<Db> {
+        fn push_offline<'a>(
+            &'a self,
+            user: &'a BareJid,
+            from: &'a str,
+            xml: &'a str,
+            stored_at: i64,
+            max: u32,
+        ) -> BoxFuture<'a, Result<PushOutcome, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                // The bump is the first write: see the module docs.
+                let seq: i64 = sqlx::query_scalar(BUMP_OFFLINE_SEQ)
                     .bind(host)
                     .bind(username)
-                    .bind(e.id)
-                    .bind(e.stored_at)
-                    .bind(e.from.as_str())
-                    .bind(e.xml.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let stored: i64 = sqlx::query_scalar(COUNT_OFFLINE)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                if stored >= i64::from(max) {
+                    // Rolling back also returns the id, so refused messages leave no gap.
+                    tx.rollback().await.map_err(backend)?;
+                    return Ok(PushOutcome::QuotaExceeded);
+                }
+                sqlx::query(INSERT_OFFLINE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(seq)
+                    .bind(stored_at)
+                    .bind(from)
+                    .bind(xml)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
+                tx.commit().await.map_err(backend)?;
+                Ok(PushOutcome::Stored(seq))
+            })
+        }
 
-    fn remove_offline<'a>(
-        &'a self,
-        user: &'a BareJid,
-        id: i64,
-    ) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let removed = sqlx::query(DELETE_OFFLINE_ONE)
-                .bind(host)
-                .bind(username)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            Ok(removed > 0)
-        })
-    }
-
-    fn clear_offline<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let removed = sqlx::query(DELETE_OFFLINE_ALL)
-                .bind(host)
-                .bind(username)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            Ok(removed)
-        })
-    }
-
-    fn remove_offline_user<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            for statement in [DELETE_OFFLINE_ALL, DELETE_OFFLINE_SEQ] {
-                sqlx::query(statement)
+        fn offline_count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let n: i64 = sqlx::query_scalar(COUNT_OFFLINE)
                     .bind(host)
                     .bind(username)
-                    .execute(&mut *tx)
+                    .fetch_one(&self.pool)
                     .await
                     .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
+                u64::try_from(n).map_err(|_| StorageError::Corrupt(format!("offline count {n}")))
+            })
+        }
+
+        fn offline_messages<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let rows: Vec<Row> = sqlx::query_as(SELECT_OFFLINE)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(rows.into_iter().map(entry).collect())
+            })
+        }
+
+        fn offline_headers<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Vec<(i64, String)>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                sqlx::query_as(SELECT_OFFLINE_HEADERS)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)
+            })
+        }
+
+        fn offline_message<'a>(
+            &'a self,
+            user: &'a BareJid,
+            id: i64,
+        ) -> BoxFuture<'a, Result<Option<OfflineEntry>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let row: Option<Row> = sqlx::query_as(SELECT_OFFLINE_ONE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(row.map(entry))
+            })
+        }
+
+        fn take_offline<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                // One statement: whoever runs it first gets the rows, a concurrent taker none.
+                let rows: Vec<Row> = sqlx::query_as(TAKE_OFFLINE)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                let mut entries: Vec<OfflineEntry> = rows.into_iter().map(entry).collect();
+                entries.sort_unstable_by_key(|e| e.id);
+                Ok(entries)
+            })
+        }
+
+        fn restore_offline<'a>(
+            &'a self,
+            user: &'a BareJid,
+            entries: &'a [OfflineEntry],
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                for e in entries {
+                    sqlx::query(RESTORE_OFFLINE)
+                        .bind(host)
+                        .bind(username)
+                        .bind(e.id)
+                        .bind(e.stored_at)
+                        .bind(e.from.as_str())
+                        .bind(e.xml.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
+
+        fn remove_offline<'a>(
+            &'a self,
+            user: &'a BareJid,
+            id: i64,
+        ) -> BoxFuture<'a, Result<bool, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let removed = sqlx::query(DELETE_OFFLINE_ONE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(removed > 0)
+            })
+        }
+
+        fn clear_offline<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let removed = sqlx::query(DELETE_OFFLINE_ALL)
+                    .bind(host)
+                    .bind(username)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(removed)
+            })
+        }
+
+        fn remove_offline_user<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                for statement in [DELETE_OFFLINE_ALL, DELETE_OFFLINE_SEQ] {
+                    sqlx::query(statement)
+                        .bind(host)
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
     }
 }

@@ -8,12 +8,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::{Sqlite, Transaction};
+use sqlx::Transaction;
 use starling_storage::{
     BareJid, BoxFuture, PepItem, PepItemsQuery, PepNode, PepStore, StorageError, account_key,
 };
 
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// Joins roster group names in one column: U+001F cannot occur in XML character data.
 const GROUP_SEPARATOR: char = '\u{1f}';
@@ -136,286 +136,291 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// Inserts the node if missing; true if it was created. Refuses a creation over `max_nodes`.
-async fn create_if_missing(
-    tx: &mut Transaction<'_, Sqlite>,
-    (host, username): (&str, &str),
-    node: &PepNode,
-    max_nodes: u32,
-) -> Result<bool, StorageError> {
-    let created = sqlx::query(INSERT_NODE)
-        .bind(host)
-        .bind(username)
-        .bind(node.name.as_str())
-        .bind(node.access_model.as_str())
-        .bind(i64::from(node.max_items))
-        .bind(node.persist_items)
-        .bind(node.send_last_published_item.as_str())
-        .bind(groups_column(node))
-        .bind(now_micros())
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-        > 0;
-    if created {
-        let count: i64 = sqlx::query_scalar(COUNT_NODES)
+per_backend! {
+    /// Inserts the node if missing; true if it was created. Refuses a creation over `max_nodes`.
+    async fn create_if_missing(
+        tx: &mut Transaction<'_, Db>,
+        (host, username): (&str, &str),
+        node: &PepNode,
+        max_nodes: u32,
+    ) -> Result<bool, StorageError> {
+        let created = sqlx::query(INSERT_NODE)
             .bind(host)
             .bind(username)
-            .fetch_one(&mut **tx)
+            .bind(node.name.as_str())
+            .bind(node.access_model.as_str())
+            .bind(i64::from(node.max_items))
+            .bind(node.persist_items)
+            .bind(node.send_last_published_item.as_str())
+            .bind(groups_column(node))
+            .bind(now_micros())
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+            > 0;
+        if created {
+            let count: i64 = sqlx::query_scalar(COUNT_NODES)
+                .bind(host)
+                .bind(username)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if count > i64::from(max_nodes) {
+                return Err(StorageError::QuotaExceeded);
+            }
+        }
+        Ok(created)
+    }
+
+    async fn trim(
+        tx: &mut Transaction<'_, Db>,
+        (host, username): (&str, &str),
+        node: &PepNode,
+    ) -> Result<(), StorageError> {
+        sqlx::query(TRIM_ITEMS)
+            .bind(host)
+            .bind(username)
+            .bind(node.name.as_str())
+            .bind(kept(node))
+            .execute(&mut **tx)
             .await
             .map_err(backend)?;
-        if count > i64::from(max_nodes) {
-            return Err(StorageError::QuotaExceeded);
+        Ok(())
+    }
+
+    impl PepStore for SqlStore<Db> {
+        fn pep_node<'a>(
+            &'a self,
+            user: &'a BareJid,
+            node: &'a str,
+        ) -> BoxFuture<'a, Result<Option<PepNode>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let row: Option<NodeRow> = sqlx::query_as(SELECT_NODE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(node)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(row.map(node_of))
+            })
         }
-    }
-    Ok(created)
-}
 
-async fn trim(
-    tx: &mut Transaction<'_, Sqlite>,
-    (host, username): (&str, &str),
-    node: &PepNode,
-) -> Result<(), StorageError> {
-    sqlx::query(TRIM_ITEMS)
-        .bind(host)
-        .bind(username)
-        .bind(node.name.as_str())
-        .bind(kept(node))
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
-}
+        fn pep_nodes<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Vec<PepNode>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let rows: Vec<NodeRow> = sqlx::query_as(SELECT_NODES)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                let mut nodes: Vec<PepNode> = rows.into_iter().map(node_of).collect();
+                // By bytes, whatever the database's collation (see crate::sql).
+                nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                Ok(nodes)
+            })
+        }
 
-impl PepStore for SqlStore {
-    fn pep_node<'a>(
-        &'a self,
-        user: &'a BareJid,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PepNode>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let row: Option<NodeRow> = sqlx::query_as(SELECT_NODE)
-                .bind(host)
-                .bind(username)
-                .bind(node)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(row.map(node_of))
-        })
-    }
+        fn put_pep_node<'a>(
+            &'a self,
+            user: &'a BareJid,
+            node: &'a PepNode,
+            max_nodes: u32,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let key = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                // Dropping the transaction on an error rolls it back.
+                let created = create_if_missing(&mut tx, key, node, max_nodes).await?;
+                if !created {
+                    sqlx::query(UPDATE_NODE)
+                        .bind(key.0)
+                        .bind(key.1)
+                        .bind(node.name.as_str())
+                        .bind(node.access_model.as_str())
+                        .bind(i64::from(node.max_items))
+                        .bind(node.persist_items)
+                        .bind(node.send_last_published_item.as_str())
+                        .bind(groups_column(node))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    trim(&mut tx, key, node).await?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
 
-    fn pep_nodes<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Vec<PepNode>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let rows: Vec<NodeRow> = sqlx::query_as(SELECT_NODES)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(rows.into_iter().map(node_of).collect())
-        })
-    }
-
-    fn put_pep_node<'a>(
-        &'a self,
-        user: &'a BareJid,
-        node: &'a PepNode,
-        max_nodes: u32,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let key = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            // Dropping the transaction on an error rolls it back.
-            let created = create_if_missing(&mut tx, key, node, max_nodes).await?;
-            if !created {
-                sqlx::query(UPDATE_NODE)
-                    .bind(key.0)
-                    .bind(key.1)
+        fn publish_pep_item<'a>(
+            &'a self,
+            user: &'a BareJid,
+            config: &'a PepNode,
+            item: &'a PepItem,
+            max_nodes: u32,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let key = account_key(user)?;
+                let (host, username) = key;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                create_if_missing(&mut tx, key, config, max_nodes).await?;
+                // The stored configuration wins over the one offered for creation.
+                let row: Option<NodeRow> = sqlx::query_as(SELECT_NODE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(config.name.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let node = row.map(node_of).unwrap_or_else(|| config.clone());
+                let newest: Option<i64> = sqlx::query_scalar(NEWEST_TIME)
+                    .bind(host)
+                    .bind(username)
                     .bind(node.name.as_str())
-                    .bind(node.access_model.as_str())
-                    .bind(i64::from(node.max_items))
-                    .bind(node.persist_items)
-                    .bind(node.send_last_published_item.as_str())
-                    .bind(groups_column(node))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let at = item
+                    .published_at
+                    .max(newest.map_or(i64::MIN, |t| t.saturating_add(1)));
+                sqlx::query(UPSERT_ITEM)
+                    .bind(host)
+                    .bind(username)
+                    .bind(node.name.as_str())
+                    .bind(item.id.as_str())
+                    .bind(item.payload.as_str())
+                    .bind(item.publisher.as_str())
+                    .bind(at)
                     .execute(&mut *tx)
                     .await
                     .map_err(backend)?;
-                trim(&mut tx, key, node).await?;
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
+                trim(&mut tx, key, &node).await?;
+                tx.commit().await.map_err(backend)
+            })
+        }
 
-    fn publish_pep_item<'a>(
-        &'a self,
-        user: &'a BareJid,
-        config: &'a PepNode,
-        item: &'a PepItem,
-        max_nodes: u32,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let key = account_key(user)?;
-            let (host, username) = key;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            create_if_missing(&mut tx, key, config, max_nodes).await?;
-            // The stored configuration wins over the one offered for creation.
-            let row: Option<NodeRow> = sqlx::query_as(SELECT_NODE)
-                .bind(host)
-                .bind(username)
-                .bind(config.name.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let node = row.map(node_of).unwrap_or_else(|| config.clone());
-            let newest: Option<i64> = sqlx::query_scalar(NEWEST_TIME)
-                .bind(host)
-                .bind(username)
-                .bind(node.name.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let at = item
-                .published_at
-                .max(newest.map_or(i64::MIN, |t| t.saturating_add(1)));
-            sqlx::query(UPSERT_ITEM)
-                .bind(host)
-                .bind(username)
-                .bind(node.name.as_str())
-                .bind(item.id.as_str())
-                .bind(item.payload.as_str())
-                .bind(item.publisher.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            trim(&mut tx, key, &node).await?;
-            tx.commit().await.map_err(backend)
-        })
-    }
-
-    fn pep_items<'a>(
-        &'a self,
-        user: &'a BareJid,
-        node: &'a str,
-        query: PepItemsQuery<'a>,
-    ) -> BoxFuture<'a, Result<Vec<PepItem>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let rows: Vec<ItemRow> = match query {
-                PepItemsQuery::All | PepItemsQuery::Newest(_) => {
-                    let limit = match query {
-                        PepItemsQuery::Newest(n) => i64::from(n),
-                        _ => i64::MAX,
-                    };
-                    sqlx::query_as(SELECT_NEWEST_ITEMS)
-                        .bind(host)
-                        .bind(username)
-                        .bind(node)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err(backend)?
-                }
-                PepItemsQuery::Ids(ids) => {
-                    let mut rows: Vec<ItemRow> = Vec::new();
-                    for id in ids {
-                        if rows.iter().any(|r| r.0 == *id) {
-                            continue;
-                        }
-                        let row: Option<ItemRow> = sqlx::query_as(SELECT_ITEM)
+        fn pep_items<'a>(
+            &'a self,
+            user: &'a BareJid,
+            node: &'a str,
+            query: PepItemsQuery<'a>,
+        ) -> BoxFuture<'a, Result<Vec<PepItem>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let rows: Vec<ItemRow> = match query {
+                    PepItemsQuery::All | PepItemsQuery::Newest(_) => {
+                        let limit = match query {
+                            PepItemsQuery::Newest(n) => i64::from(n),
+                            _ => i64::MAX,
+                        };
+                        sqlx::query_as(SELECT_NEWEST_ITEMS)
                             .bind(host)
                             .bind(username)
                             .bind(node)
-                            .bind(id.as_str())
-                            .fetch_optional(&self.pool)
+                            .bind(limit)
+                            .fetch_all(&self.pool)
                             .await
-                            .map_err(backend)?;
-                        rows.extend(row);
+                            .map_err(backend)?
                     }
-                    rows.sort_by_key(|r| std::cmp::Reverse(r.3));
-                    rows
-                }
-            };
-            Ok(rows.into_iter().map(item_of).collect())
-        })
-    }
+                    PepItemsQuery::Ids(ids) => {
+                        let mut rows: Vec<ItemRow> = Vec::new();
+                        for id in ids {
+                            if rows.iter().any(|r| r.0 == *id) {
+                                continue;
+                            }
+                            let row: Option<ItemRow> = sqlx::query_as(SELECT_ITEM)
+                                .bind(host)
+                                .bind(username)
+                                .bind(node)
+                                .bind(id.as_str())
+                                .fetch_optional(&self.pool)
+                                .await
+                                .map_err(backend)?;
+                            rows.extend(row);
+                        }
+                        rows.sort_by_key(|r| std::cmp::Reverse(r.3));
+                        rows
+                    }
+                };
+                Ok(rows.into_iter().map(item_of).collect())
+            })
+        }
 
-    fn retract_pep_item<'a>(
-        &'a self,
-        user: &'a BareJid,
-        node: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let deleted = sqlx::query(DELETE_ITEM)
-                .bind(host)
-                .bind(username)
-                .bind(node)
-                .bind(id)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            Ok(deleted > 0)
-        })
-    }
+        fn retract_pep_item<'a>(
+            &'a self,
+            user: &'a BareJid,
+            node: &'a str,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<bool, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let deleted = sqlx::query(DELETE_ITEM)
+                    .bind(host)
+                    .bind(username)
+                    .bind(node)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(deleted > 0)
+            })
+        }
 
-    fn delete_pep_node<'a>(
-        &'a self,
-        user: &'a BareJid,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            let deleted = sqlx::query(DELETE_NODE)
-                .bind(host)
-                .bind(username)
-                .bind(node)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            sqlx::query(DELETE_NODE_ITEMS)
-                .bind(host)
-                .bind(username)
-                .bind(node)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(deleted > 0)
-        })
-    }
+        fn delete_pep_node<'a>(
+            &'a self,
+            user: &'a BareJid,
+            node: &'a str,
+        ) -> BoxFuture<'a, Result<bool, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let deleted = sqlx::query(DELETE_NODE)
+                    .bind(host)
+                    .bind(username)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                sqlx::query(DELETE_NODE_ITEMS)
+                    .bind(host)
+                    .bind(username)
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(deleted > 0)
+            })
+        }
 
-    fn remove_pep<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            let nodes = sqlx::query(DELETE_USER_NODES)
-                .bind(host)
-                .bind(username)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            sqlx::query(DELETE_USER_ITEMS)
-                .bind(host)
-                .bind(username)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(nodes)
-        })
+        fn remove_pep<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let nodes = sqlx::query(DELETE_USER_NODES)
+                    .bind(host)
+                    .bind(username)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                sqlx::query(DELETE_USER_ITEMS)
+                    .bind(host)
+                    .bind(username)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(nodes)
+            })
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use starling_storage::{
     PrivacyStanzas, PrivacyStore, StorageError, Subscription, account_key,
 };
 
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// `$1` host, `$2` username, `$3` name. Does nothing if the list exists.
 pub(crate) const INSERT_PRIVACY_LIST: &str = "INSERT INTO privacy_lists (host, username, name) \
@@ -131,229 +131,231 @@ fn decode(
     })
 }
 
-impl PrivacyStore for SqlStore {
-    fn privacy_lists<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<PrivacyLists, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut names: Vec<String> = sqlx::query_scalar(SELECT_PRIVACY_LIST_NAMES)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            // Sorted here, by bytes, so both backends list in the same order.
-            names.sort_unstable();
-            let default: Option<String> = sqlx::query_scalar(SELECT_PRIVACY_DEFAULT)
-                .bind(host)
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(PrivacyLists { names, default })
-        })
-    }
-
-    fn privacy_list<'a>(
-        &'a self,
-        user: &'a BareJid,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Vec<PrivacyItem>>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let rows: Vec<ItemRow> = sqlx::query_as(SELECT_PRIVACY_ITEMS)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            if rows.is_empty() {
-                // Lists are never empty, so no item means no list.
-                return Ok(None);
-            }
-            rows.into_iter()
-                .map(decode)
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some)
-        })
-    }
-
-    fn default_privacy_list<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<PrivacyList>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let rows: Vec<DefaultRow> = sqlx::query_as(SELECT_PRIVACY_DEFAULT_ITEMS)
-                .bind(host)
-                .bind(username)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(backend)?;
-            let mut name = None;
-            let mut items = Vec::with_capacity(rows.len());
-            for (list, order, kind, value, action, m, iq, pin, pout) in rows {
-                items.push(decode((order, kind, value, action, m, iq, pin, pout))?);
-                name.get_or_insert(list);
-            }
-            Ok(name.map(|name| PrivacyList { name, items }))
-        })
-    }
-
-    fn put_privacy_list<'a>(
-        &'a self,
-        user: &'a BareJid,
-        name: &'a str,
-        items: &'a [PrivacyItem],
-        max_lists: u32,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            validate_privacy_items(items)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            // The first write: takes the lock before the quota is counted.
-            let created = sqlx::query(INSERT_PRIVACY_LIST)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected()
-                > 0;
-            if created {
-                let lists: i64 = sqlx::query_scalar(COUNT_PRIVACY_LISTS)
+per_backend! {
+    impl PrivacyStore for SqlStore<Db> {
+        fn privacy_lists<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<PrivacyLists, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut names: Vec<String> = sqlx::query_scalar(SELECT_PRIVACY_LIST_NAMES)
                     .bind(host)
                     .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                // Sorted here, by bytes, so both backends list in the same order.
+                names.sort_unstable();
+                let default: Option<String> = sqlx::query_scalar(SELECT_PRIVACY_DEFAULT)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(PrivacyLists { names, default })
+            })
+        }
+
+        fn privacy_list<'a>(
+            &'a self,
+            user: &'a BareJid,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Vec<PrivacyItem>>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let rows: Vec<ItemRow> = sqlx::query_as(SELECT_PRIVACY_ITEMS)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                if rows.is_empty() {
+                    // Lists are never empty, so no item means no list.
+                    return Ok(None);
+                }
+                rows.into_iter()
+                    .map(decode)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            })
+        }
+
+        fn default_privacy_list<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Option<PrivacyList>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let rows: Vec<DefaultRow> = sqlx::query_as(SELECT_PRIVACY_DEFAULT_ITEMS)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                let mut name = None;
+                let mut items = Vec::with_capacity(rows.len());
+                for (list, order, kind, value, action, m, iq, pin, pout) in rows {
+                    items.push(decode((order, kind, value, action, m, iq, pin, pout))?);
+                    name.get_or_insert(list);
+                }
+                Ok(name.map(|name| PrivacyList { name, items }))
+            })
+        }
+
+        fn put_privacy_list<'a>(
+            &'a self,
+            user: &'a BareJid,
+            name: &'a str,
+            items: &'a [PrivacyItem],
+            max_lists: u32,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                validate_privacy_items(items)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                // The first write: takes the lock before the quota is counted.
+                let created = sqlx::query(INSERT_PRIVACY_LIST)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected()
+                    > 0;
+                if created {
+                    let lists: i64 = sqlx::query_scalar(COUNT_PRIVACY_LISTS)
+                        .bind(host)
+                        .bind(username)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    if lists > i64::from(max_lists) {
+                        tx.rollback().await.map_err(backend)?;
+                        return Err(StorageError::QuotaExceeded);
+                    }
+                }
+                sqlx::query(DELETE_PRIVACY_ITEMS)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                for item in items {
+                    let s = item.stanzas;
+                    sqlx::query(INSERT_PRIVACY_ITEM)
+                        .bind(host)
+                        .bind(username)
+                        .bind(name)
+                        .bind(i64::from(item.order))
+                        .bind(item.matcher.type_name())
+                        .bind(item.matcher.value())
+                        .bind(item.action.as_str())
+                        .bind(s.message)
+                        .bind(s.iq)
+                        .bind(s.presence_in)
+                        .bind(s.presence_out)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
+
+        fn remove_privacy_list<'a>(
+            &'a self,
+            user: &'a BareJid,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<bool, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let removed = sqlx::query(DELETE_PRIVACY_LIST)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected()
+                    > 0;
+                for statement in [DELETE_PRIVACY_ITEMS, DELETE_PRIVACY_DEFAULT_NAMED] {
+                    sqlx::query(statement)
+                        .bind(host)
+                        .bind(username)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)?;
+                Ok(removed)
+            })
+        }
+
+        fn set_default_privacy_list<'a>(
+            &'a self,
+            user: &'a BareJid,
+            name: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let Some(name) = name else {
+                    sqlx::query(DELETE_PRIVACY_DEFAULT)
+                        .bind(host)
+                        .bind(username)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(backend)?;
+                    return Ok(());
+                };
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                // Write first (see the module docs), then check the list exists.
+                sqlx::query(UPSERT_PRIVACY_DEFAULT)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                let exists: i64 = sqlx::query_scalar(SELECT_PRIVACY_LIST_EXISTS)
+                    .bind(host)
+                    .bind(username)
+                    .bind(name)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(backend)?;
-                if lists > i64::from(max_lists) {
+                if exists == 0 {
                     tx.rollback().await.map_err(backend)?;
-                    return Err(StorageError::QuotaExceeded);
+                    return Err(StorageError::NotFound);
                 }
-            }
-            sqlx::query(DELETE_PRIVACY_ITEMS)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            for item in items {
-                let s = item.stanzas;
-                sqlx::query(INSERT_PRIVACY_ITEM)
-                    .bind(host)
-                    .bind(username)
-                    .bind(name)
-                    .bind(i64::from(item.order))
-                    .bind(item.matcher.type_name())
-                    .bind(item.matcher.value())
-                    .bind(item.action.as_str())
-                    .bind(s.message)
-                    .bind(s.iq)
-                    .bind(s.presence_in)
-                    .bind(s.presence_out)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
+                tx.commit().await.map_err(backend)
+            })
+        }
 
-    fn remove_privacy_list<'a>(
-        &'a self,
-        user: &'a BareJid,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            let removed = sqlx::query(DELETE_PRIVACY_LIST)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?
-                .rows_affected()
-                > 0;
-            for statement in [DELETE_PRIVACY_ITEMS, DELETE_PRIVACY_DEFAULT_NAMED] {
-                sqlx::query(statement)
-                    .bind(host)
-                    .bind(username)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)?;
-            Ok(removed)
-        })
-    }
-
-    fn set_default_privacy_list<'a>(
-        &'a self,
-        user: &'a BareJid,
-        name: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let Some(name) = name else {
-                sqlx::query(DELETE_PRIVACY_DEFAULT)
-                    .bind(host)
-                    .bind(username)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(backend)?;
-                return Ok(());
-            };
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            // Write first (see the module docs), then check the list exists.
-            sqlx::query(UPSERT_PRIVACY_DEFAULT)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let exists: i64 = sqlx::query_scalar(SELECT_PRIVACY_LIST_EXISTS)
-                .bind(host)
-                .bind(username)
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if exists == 0 {
-                tx.rollback().await.map_err(backend)?;
-                return Err(StorageError::NotFound);
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
-
-    fn remove_privacy<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            for statement in [
-                DELETE_PRIVACY_DEFAULT,
-                DELETE_PRIVACY_ITEMS_ALL,
-                DELETE_PRIVACY_LISTS,
-            ] {
-                sqlx::query(statement)
-                    .bind(host)
-                    .bind(username)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            tx.commit().await.map_err(backend)
-        })
+        fn remove_privacy<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                for statement in [
+                    DELETE_PRIVACY_DEFAULT,
+                    DELETE_PRIVACY_ITEMS_ALL,
+                    DELETE_PRIVACY_LISTS,
+                ] {
+                    sqlx::query(statement)
+                        .bind(host)
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
     }
 }
 

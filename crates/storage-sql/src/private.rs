@@ -7,7 +7,7 @@
 use starling_storage::{BareJid, BoxFuture, PrivateStore, StorageError, account_key};
 
 use crate::vcard::now_micros;
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// `$1` host, `$2` username, `$3` namespace.
 pub(crate) const SELECT_PRIVATE: &str =
@@ -24,76 +24,78 @@ pub(crate) const COUNT_PRIVATE: &str =
 pub(crate) const DELETE_PRIVATE: &str =
     "DELETE FROM private_storage WHERE host = $1 AND username = $2";
 
-impl PrivateStore for SqlStore {
-    fn private_data<'a>(
-        &'a self,
-        user: &'a BareJid,
-        namespace: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            sqlx::query_scalar(SELECT_PRIVATE)
-                .bind(host)
-                .bind(username)
-                .bind(namespace)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)
-        })
-    }
-
-    fn set_private_data<'a>(
-        &'a self,
-        user: &'a BareJid,
-        entries: &'a [(String, String)],
-        max_namespaces: u32,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            if entries.is_empty() {
-                return Ok(());
-            }
-            let now = now_micros();
-            let mut tx = self.pool.begin().await.map_err(backend)?;
-            for (namespace, data) in entries {
-                sqlx::query(UPSERT_PRIVATE)
+per_backend! {
+    impl PrivateStore for SqlStore<Db> {
+        fn private_data<'a>(
+            &'a self,
+            user: &'a BareJid,
+            namespace: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                sqlx::query_scalar(SELECT_PRIVATE)
                     .bind(host)
                     .bind(username)
-                    .bind(namespace.as_str())
-                    .bind(data.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
+                    .bind(namespace)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)
+            })
+        }
+
+        fn set_private_data<'a>(
+            &'a self,
+            user: &'a BareJid,
+            entries: &'a [(String, String)],
+            max_namespaces: u32,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let now = now_micros();
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                for (namespace, data) in entries {
+                    sqlx::query(UPSERT_PRIVATE)
+                        .bind(host)
+                        .bind(username)
+                        .bind(namespace.as_str())
+                        .bind(data.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                }
+                let count: i64 = sqlx::query_scalar(COUNT_PRIVATE)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(backend)?;
-            }
-            let count: i64 = sqlx::query_scalar(COUNT_PRIVATE)
-                .bind(host)
-                .bind(username)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-            if count > i64::from(max_namespaces) {
-                tx.rollback().await.map_err(backend)?;
-                return Err(StorageError::QuotaExceeded);
-            }
-            tx.commit().await.map_err(backend)
-        })
-    }
+                if count > i64::from(max_namespaces) {
+                    tx.rollback().await.map_err(backend)?;
+                    return Err(StorageError::QuotaExceeded);
+                }
+                tx.commit().await.map_err(backend)
+            })
+        }
 
-    fn remove_private_data<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<u64, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            Ok(sqlx::query(DELETE_PRIVATE)
-                .bind(host)
-                .bind(username)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected())
-        })
+        fn remove_private_data<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<u64, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                Ok(sqlx::query(DELETE_PRIVATE)
+                    .bind(host)
+                    .bind(username)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected())
+            })
+        }
     }
 }
 

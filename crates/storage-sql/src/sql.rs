@@ -4,7 +4,7 @@
 //! whose result depends on a collation (sorting is done in Rust, by bytes, so both
 //! backends list in the same order).
 //!
-//! Public so that operators' tooling and the future PostgreSQL module share the exact text.
+//! Public so that operators' tooling runs exactly the text both backends run.
 
 // --- accounts and SCRAM keys (RFC 5802 §3) ---
 

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use starling_storage::{BareJid, BoxFuture, StorageError, StoredVcard, VcardStore, account_key};
 
-use crate::{SqlStore, backend};
+use crate::{SqlStore, backend, per_backend};
 
 /// `$1` host, `$2` username.
 pub(crate) const SELECT_VCARD: &str =
@@ -19,55 +19,57 @@ pub(crate) const UPSERT_VCARD: &str = "INSERT INTO vcards \
 /// `$1` host, `$2` username.
 pub(crate) const DELETE_VCARD: &str = "DELETE FROM vcards WHERE host = $1 AND username = $2";
 
-impl VcardStore for SqlStore {
-    fn vcard<'a>(
-        &'a self,
-        user: &'a BareJid,
-    ) -> BoxFuture<'a, Result<Option<StoredVcard>, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let row: Option<(String, Option<String>)> = sqlx::query_as(SELECT_VCARD)
-                .bind(host)
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(row.map(|(xml, photo_hash)| StoredVcard { xml, photo_hash }))
-        })
-    }
+per_backend! {
+    impl VcardStore for SqlStore<Db> {
+        fn vcard<'a>(
+            &'a self,
+            user: &'a BareJid,
+        ) -> BoxFuture<'a, Result<Option<StoredVcard>, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let row: Option<(String, Option<String>)> = sqlx::query_as(SELECT_VCARD)
+                    .bind(host)
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(row.map(|(xml, photo_hash)| StoredVcard { xml, photo_hash }))
+            })
+        }
 
-    fn set_vcard<'a>(
-        &'a self,
-        user: &'a BareJid,
-        vcard: &'a StoredVcard,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            sqlx::query(UPSERT_VCARD)
-                .bind(host)
-                .bind(username)
-                .bind(vcard.xml.as_str())
-                .bind(vcard.photo_hash.as_deref())
-                .bind(now_micros())
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?;
-            Ok(())
-        })
-    }
+        fn set_vcard<'a>(
+            &'a self,
+            user: &'a BareJid,
+            vcard: &'a StoredVcard,
+        ) -> BoxFuture<'a, Result<(), StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                sqlx::query(UPSERT_VCARD)
+                    .bind(host)
+                    .bind(username)
+                    .bind(vcard.xml.as_str())
+                    .bind(vcard.photo_hash.as_deref())
+                    .bind(now_micros())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            })
+        }
 
-    fn remove_vcard<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let (host, username) = account_key(user)?;
-            let removed = sqlx::query(DELETE_VCARD)
-                .bind(host)
-                .bind(username)
-                .execute(&self.pool)
-                .await
-                .map_err(backend)?
-                .rows_affected();
-            Ok(removed > 0)
-        })
+        fn remove_vcard<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
+            Box::pin(async move {
+                let (host, username) = account_key(user)?;
+                let removed = sqlx::query(DELETE_VCARD)
+                    .bind(host)
+                    .bind(username)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend)?
+                    .rows_affected();
+                Ok(removed > 0)
+            })
+        }
     }
 }
 

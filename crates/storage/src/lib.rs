@@ -21,6 +21,8 @@ pub mod conformance;
 #[cfg(feature = "conformance")]
 pub mod conformance_mam;
 #[cfg(feature = "conformance")]
+pub mod conformance_muc;
+#[cfg(feature = "conformance")]
 pub mod conformance_offline;
 #[cfg(feature = "conformance")]
 pub mod conformance_pep;
@@ -31,6 +33,7 @@ pub mod conformance_vcard;
 pub mod error;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod privacy;
@@ -45,6 +48,7 @@ pub use mam::{
     ArchivePage, ArchivePolicy, ArchivePrefs, ArchiveQuery, ArchiveWith, ArchivedMessage,
     Direction, MamStore,
 };
+pub use muc::{MucStore, StoredRoom};
 pub use offline::{OfflineEntry, OfflineStore, PushOutcome};
 pub use pep::{PepItem, PepItemsQuery, PepNode, PepStore};
 pub use privacy::{
@@ -76,9 +80,16 @@ pub trait Stores:
     + PrivateStore
     + PrivacyStore
     + PepStore
+    + MucStore
 {
     /// The backend's name as in ejabberd's `sql_type`: `"sqlite"` or `"pgsql"`.
     fn backend_name(&self) -> &'static str;
+
+    /// Which database this is, stable across restarts, for the cluster handshake (nodes must
+    /// share one): `"sqlite"` or `"pgsql://server:port/database"`. Defaults to the name.
+    fn db_identity(&self) -> String {
+        self.backend_name().to_owned()
+    }
 
     /// Flushes and closes the backend; later calls fail with [`StorageError::Backend`].
     ///

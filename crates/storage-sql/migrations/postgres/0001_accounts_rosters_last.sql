@@ -1,6 +1,7 @@
 -- Accounts, SCRAM keys, rosters and last activity (DESIGN §6).
 -- Keep in step with ../sqlite/0001_accounts_rosters_last.sql: same tables, same columns,
--- only the type names differ (BYTEA here, BLOB there).
+-- only the type names differ (BYTEA here, BLOB there; BIGINT here where SQLite says INTEGER,
+-- which is 64-bit there: the driver decodes PostgreSQL integers only at their exact width).
 -- Every per-user key starts (host, username), as in ejabberd's multi-host schema; JIDs are
 -- stored PRECIS-normalised as the server hands them over, and compared byte for byte.
 
@@ -46,7 +47,7 @@ CREATE TABLE roster_groups (
     contact TEXT NOT NULL,
     group_name TEXT NOT NULL,
     -- The group's index in the item, so groups come back in the order they were given.
-    position INTEGER NOT NULL,
+    position BIGINT NOT NULL,
     PRIMARY KEY (host, username, contact, group_name)
 );
 
