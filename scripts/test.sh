@@ -7,7 +7,8 @@
 #   doctests cargo test --workspace --doc --locked
 #   interop  pytest interop/ against target/debug/{starling,starlingctl}
 # Installs what the steps need when missing: rustfmt/clippy via rustup, python3 and
-# its venv module and ejabberd (for its default config file) via apt (Debian, as root),
+# its venv module, ejabberd (for its default config file) and PostgreSQL (binaries for the
+# tests' private servers) via apt (Debian, as root),
 # the pinned Python packages of
 # interop/requirements.txt into interop/.venv.
 #
@@ -115,6 +116,20 @@ ensure_ejabberd() {
     return "$rc"
 }
 
+ensure_postgres() {
+    # The PostgreSQL conformance and end-to-end tests start a private server themselves
+    # (testkit::postgres): only the binaries are needed, never the Debian service.
+    command -v initdb >/dev/null && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+    local policy=/usr/sbin/policy-rc.d created=0 rc=0
+    if ((EUID == 0)) && [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt_install postgresql || rc=$?
+    ((created)) && rm -f "$policy"
+    return "$rc"
+}
+
 # ---------------------------------------------------------------- steps
 
 declare -A status=() took=()
@@ -150,6 +165,7 @@ step_clippy() {
 step_build() { cargo build --workspace --all-targets --locked; }
 step_tests() {
     ensure_ejabberd || return 1
+    ensure_postgres || return 1
     local profile=default
     [[ ${CI:-} == true ]] && profile=ci
     if cargo nextest --version >/dev/null 2>&1; then

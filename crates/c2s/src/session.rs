@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use starling_config::{Config, ModuleOptions};
 use starling_core::Server;
+use starling_core::counters::{AuthMechanism, Transport as SessionTransport};
 use starling_core::hooks::{HookResult, SessionClosed, UserReceivePacket, UserSendPacket};
 use starling_core::module::StreamContext;
 use starling_core::presence::{self, PresenceState};
@@ -35,7 +36,7 @@ use starling_xmpp::error::{
 };
 use starling_xmpp::jid::{BareJid, FullJid, Jid, nameprep, resourceprep};
 use starling_xmpp::ns;
-use starling_xmpp::sasl::{self, SaslError};
+use starling_xmpp::sasl::{self, Mechanism, SaslError};
 use starling_xmpp::scram::ChannelBindings;
 use starling_xmpp::stanza::{IqType, Kind, Stanza, element, set_attr, text_element};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -260,7 +261,14 @@ pub async fn run(
         let bound = loop {
             let negotiated = timeout_at(
                 deadline,
-                negotiate(&server, &settings, &mut conn, authenticated.take()),
+                // Boxed: negotiation state (SASL, SCRAM) is transient; kept inline it would
+                // size every session's task for the whole connection.
+                Box::pin(negotiate(
+                    &server,
+                    &settings,
+                    &mut conn,
+                    authenticated.take(),
+                )),
             )
             .await;
             match negotiated {
@@ -337,6 +345,9 @@ async fn negotiate(
     let mut user: Option<BareJid> = authenticated;
     let mut auth: Option<Authenticator> = None;
     let mut failures = 0u32;
+    // The mechanism of the exchange in progress, for the auth counters (`<response/>` does
+    // not repeat it).
+    let mut mechanism: AuthMechanism = None;
     let mut offer = Offer {
         tls_available: settings.tls.is_some() && settings.starttls,
         starttls_required: settings.starttls_required && settings.tls.is_some(),
@@ -460,6 +471,7 @@ async fn negotiate(
                         };
                         let step = match name.as_str() {
                             "auth" => {
+                                mechanism = el.attr("mechanism").and_then(Mechanism::from_name);
                                 a.auth(server.stores(), el.attr("mechanism"), &el.text())
                                     .await
                             }
@@ -493,6 +505,7 @@ async fn negotiate(
                                     return None;
                                 }
                                 tracing::info!(peer = %conn.peer, user = %u, mechanism = el.attr("mechanism").unwrap_or("-"), "authenticated");
+                                server.counters().auth(mechanism, true);
                                 conn.parser.reset();
                                 conn.parser.set_limits(Limits {
                                     max_stanza_size: settings.max_stanza_size,
@@ -506,6 +519,7 @@ async fn negotiate(
                             Step::Failure { error, user: tried } => {
                                 failures += 1;
                                 if error != SaslError::Aborted {
+                                    server.counters().auth(mechanism, false);
                                     tracing::info!(peer = %conn.peer, user = tried.as_deref().unwrap_or("-"), condition = error.condition(), "authentication failed");
                                 }
                                 let xml = sasl::failure_xml(&error, None);
@@ -916,6 +930,8 @@ impl Drop for Established {
 
 async fn established(server: Arc<Server>, conn: Conn, bound: Bound) {
     let (full, id, channels) = bound;
+    // Counted while the session exists, attached or detached; the guard uncounts on any exit.
+    let _counted = server.counters().session_opened(SessionTransport::Tcp);
     let SessionChannels { inbox, close } = channels;
     let (takeover, takeovers) = mpsc::channel(1);
     let mut channels = Channels {

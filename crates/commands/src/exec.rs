@@ -84,6 +84,36 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
         "connected_users_number" => Ok(Output::Number(
             u64::try_from(server.sm().count()).unwrap_or(u64::MAX),
         )),
+        "incoming_s2s_number" | "outgoing_s2s_number" => {
+            let incoming = spec.name == "incoming_s2s_number";
+            let n = s2s_connections(server)
+                .iter()
+                .filter(|c| c.incoming == incoming)
+                .count();
+            Ok(Output::Number(u64::try_from(n).unwrap_or(u64::MAX)))
+        }
+        "s2s_connections" => Ok(Output::List(
+            s2s_connections(server)
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {} {} {} {} {}",
+                        if c.incoming { "in" } else { "out" },
+                        if c.local.is_empty() { "?" } else { &c.local },
+                        c.remote,
+                        c.addr.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                        if c.tls { "tls" } else { "plain" },
+                        c.auth
+                    )
+                })
+                .collect(),
+        )),
+        "stop_s2s_connections" => {
+            if let Some(remote) = server.remote_router() {
+                remote.stop_connections();
+            }
+            Ok(Output::Nothing)
+        }
         "kick_session" => kick_session(
             server,
             arg(args, 0),
@@ -91,6 +121,13 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
             arg(args, 2),
             arg(args, 3),
         ),
+        "create_room"
+        | "destroy_room"
+        | "muc_online_rooms"
+        | "get_room_occupants"
+        | "get_room_options"
+        | "change_room_option"
+        | "set_room_affiliation" => muc_command(server, spec, args).await,
         "help" => match spec::help(args) {
             Response::Ok(output) => Ok(output),
             Response::Err { kind, message } => Err(Failure { kind, message }),
@@ -207,6 +244,13 @@ async fn registered_users(server: &Server, host: &str) -> Outcome {
         .map_err(|e| Failure::storage(&e))
 }
 
+fn s2s_connections(server: &Server) -> Vec<starling_core::server::RemoteConnection> {
+    server
+        .remote_router()
+        .map(|r| r.connections())
+        .unwrap_or_default()
+}
+
 fn connected_users(server: &Server) -> Output {
     let mut jids: Vec<String> = server.sm().all().iter().map(ToString::to_string).collect();
     jids.sort();
@@ -237,6 +281,136 @@ fn kick_session(server: &Server, user: &str, host: &str, resource: &str, reason:
 }
 
 /// Normalises `host` and checks that this node serves it.
+/// Namespace of the MUC service's admin requests (`starling_modules::muc::service::ADMIN_NS`;
+/// this crate does not depend on the modules).
+const MUC_ADMIN_NS: &str = "urn:starling:muc:admin:0";
+/// How long a MUC admin request may take.
+const MUC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The MUC commands. They reach the service the way any entity would: an IQ from the host
+/// to the service domain, answered by the service (see `starling_modules::muc`). This keeps
+/// the commands crate free of module types and works wherever the room runs.
+async fn muc_command(server: &Server, spec: &CommandSpec, args: &[String]) -> Outcome {
+    let (service, args) = match spec.name {
+        "muc_online_rooms" => (arg(args, 0), &args[..0]),
+        _ => (arg(args, 1), args),
+    };
+    if spec.name == "muc_online_rooms" && service == "global" {
+        let mut all = Vec::new();
+        for host in server.hosts() {
+            let Some(modules) = server.host_modules(&host) else {
+                continue;
+            };
+            for svc in &modules.registrations.services {
+                if let Ok(lines) = muc_request(server, &svc.domain, spec.name, &[]).await {
+                    all.extend(lines);
+                }
+            }
+        }
+        all.sort();
+        return Ok(Output::List(all));
+    }
+    let mut request_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if spec.name != "muc_online_rooms" && !request_args.is_empty() {
+        // The service is the request's address, not an argument.
+        request_args.remove(1);
+    }
+    if spec.name == "create_room" {
+        local_host(server, arg(args, 2))?;
+        request_args.truncate(1);
+    }
+    let lines = muc_request(server, service, spec.name, &request_args).await?;
+    Ok(match spec.result {
+        spec::ResultKind::List => Output::List(lines),
+        _ => Output::Nothing,
+    })
+}
+
+/// Sends one admin request to a MUC service and returns the lines of its answer.
+async fn muc_request(
+    server: &Server,
+    service: &str,
+    name: &str,
+    args: &[&str],
+) -> Result<Vec<String>, Failure> {
+    use starling_xmpp::Element;
+    use starling_xmpp::jid::Jid;
+    use starling_xmpp::stanza::{Stanza, element, text_element};
+
+    let not_found = || Failure::new(ErrorKind::NotFound, format!("No MUC service {service}"));
+    let domain = nameprep(service).map_err(|_| not_found())?;
+    if server.route_for(&domain).is_none() {
+        return Err(not_found());
+    }
+    let Some(host) = server
+        .hosts()
+        .into_iter()
+        .find(|h| domain.ends_with(&format!(".{h}")))
+        .or_else(|| server.hosts().into_iter().next())
+    else {
+        return Err(not_found());
+    };
+    let mut command = element("command", MUC_ADMIN_NS, &[("name", name)]);
+    for a in args {
+        command.append_child(text_element("arg", MUC_ADMIN_NS, a));
+    }
+    let id = format!("muc-admin-{}", uuid_like());
+    let mut iq = element(
+        "iq",
+        starling_xmpp::ns::CLIENT,
+        &[("type", "set"), ("id", &id)],
+    );
+    iq.append_child(command);
+    let (Ok(from), Ok(to)) = (Jid::parse(&host), Jid::parse(&domain)) else {
+        return Err(not_found());
+    };
+    let request = Stanza::new(iq, from, to)
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("cannot build request: {e}")))?;
+    let Some(answer) = server.iq_query(request, MUC_TIMEOUT).await else {
+        return Err(Failure::new(
+            ErrorKind::Internal,
+            format!("{service} did not answer"),
+        ));
+    };
+    if answer.is_error() {
+        let error = answer
+            .element()
+            .children()
+            .find(|c| c.name() == "error")
+            .and_then(starling_xmpp::error::StanzaError::from_element);
+        let text = error
+            .as_ref()
+            .and_then(|e| e.text.clone())
+            .unwrap_or_else(|| "refused".to_owned());
+        let kind = if text.contains("does not exist") {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Failed
+        };
+        return Err(Failure::new(kind, text));
+    }
+    Ok(answer
+        .payload()
+        .map(|r| {
+            r.children()
+                .filter(|c| c.is("line", MUC_ADMIN_NS))
+                .map(Element::text)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A request id unique enough within one node: time and a counter.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{t:x}-{n}")
+}
+
 fn local_host(server: &Server, host: &str) -> Result<String, Failure> {
     let domain = nameprep(host)
         .map_err(|e| Failure::new(ErrorKind::Failed, format!("Invalid host {host:?}: {e}")))?;

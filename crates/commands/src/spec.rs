@@ -90,6 +90,12 @@ pub struct CommandSpec {
 
 const USER: ArgSpec = ArgSpec::required("user", ArgKind::String, "User name (localpart)");
 const HOST: ArgSpec = ArgSpec::required("host", ArgKind::String, "Virtual host served");
+const ROOM_NAME: ArgSpec = ArgSpec::required("name", ArgKind::String, "Room name (localpart)");
+const MUC_SERVICE: ArgSpec = ArgSpec::required(
+    "service",
+    ArgKind::String,
+    "MUC service, e.g. conference.example.org",
+);
 
 /// Every command the node understands, in the order `help` lists them.
 pub const COMMANDS: &[CommandSpec] = &[
@@ -166,6 +172,36 @@ pub const COMMANDS: &[CommandSpec] = &[
         example: "connected_users_number",
     },
     CommandSpec {
+        name: "incoming_s2s_number",
+        args: &[],
+        result: ResultKind::Number,
+        doc: "Count the server-to-server streams other servers opened to this node.",
+        example: "incoming_s2s_number",
+    },
+    CommandSpec {
+        name: "outgoing_s2s_number",
+        args: &[],
+        result: ResultKind::Number,
+        doc: "Count the server-to-server connections this node opened (negotiating or up).",
+        example: "outgoing_s2s_number",
+    },
+    CommandSpec {
+        name: "s2s_connections",
+        args: &[],
+        result: ResultKind::List,
+        doc: "List the server-to-server connections, one per line: direction (in/out), \
+              local domain, remote domain, peer address, tls or plain, and the \
+              authentication method (external, dialback, none while negotiating).",
+        example: "s2s_connections",
+    },
+    CommandSpec {
+        name: "stop_s2s_connections",
+        args: &[],
+        result: ResultKind::Nothing,
+        doc: "Close every server-to-server connection; new ones open on demand.",
+        example: "stop_s2s_connections",
+    },
+    CommandSpec {
         name: "kick_session",
         args: &[
             USER,
@@ -177,6 +213,71 @@ pub const COMMANDS: &[CommandSpec] = &[
         doc: "Close one session with the stream error <policy-violation/> carrying REASON \
               as its text. Fails if no such session is bound here.",
         example: "kick_session alice example.org phone \"Spamming\"",
+    },
+    CommandSpec {
+        name: "create_room",
+        args: &[ROOM_NAME, MUC_SERVICE, HOST],
+        result: ResultKind::Nothing,
+        doc: "Create a MUC room NAME@SERVICE with the service's default room options. Fails \
+              if the room exists or SERVICE is not a MUC service of this node.",
+        example: "create_room lobby conference.example.org example.org",
+    },
+    CommandSpec {
+        name: "destroy_room",
+        args: &[ROOM_NAME, MUC_SERVICE],
+        result: ResultKind::Nothing,
+        doc: "Destroy a MUC room: occupants are told, stored state is deleted.",
+        example: "destroy_room lobby conference.example.org",
+    },
+    CommandSpec {
+        name: "muc_online_rooms",
+        args: &[MUC_SERVICE],
+        result: ResultKind::List,
+        doc: "List the live rooms of a MUC service (or of every service: global), one JID \
+              per line.",
+        example: "muc_online_rooms conference.example.org",
+    },
+    CommandSpec {
+        name: "get_room_occupants",
+        args: &[ROOM_NAME, MUC_SERVICE],
+        result: ResultKind::List,
+        doc: "List a room's occupants: real JID, nick and role, tab-separated.",
+        example: "get_room_occupants lobby conference.example.org",
+    },
+    CommandSpec {
+        name: "get_room_options",
+        args: &[ROOM_NAME, MUC_SERVICE],
+        result: ResultKind::List,
+        doc: "List a room's options (ejabberd's names), option and value tab-separated.",
+        example: "get_room_options lobby conference.example.org",
+    },
+    CommandSpec {
+        name: "change_room_option",
+        args: &[
+            ROOM_NAME,
+            MUC_SERVICE,
+            ArgSpec::required("option", ArgKind::String, "Option name, e.g. members_only"),
+            ArgSpec::required("value", ArgKind::String, "New value, e.g. true"),
+        ],
+        result: ResultKind::Nothing,
+        doc: "Change one option of a room; occupants are told (status 104).",
+        example: "change_room_option lobby conference.example.org persistent true",
+    },
+    CommandSpec {
+        name: "set_room_affiliation",
+        args: &[
+            ROOM_NAME,
+            MUC_SERVICE,
+            ArgSpec::required("jid", ArgKind::String, "Bare JID of the user"),
+            ArgSpec::required(
+                "affiliation",
+                ArgKind::String,
+                "owner, admin, member, outcast or none",
+            ),
+        ],
+        result: ResultKind::Nothing,
+        doc: "Set a user's affiliation with a room; an outcast present is banned (301).",
+        example: "set_room_affiliation lobby conference.example.org bob@example.org member",
     },
     CommandSpec {
         name: "help",

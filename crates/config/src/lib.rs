@@ -17,6 +17,7 @@ mod diagnostic;
 mod ejabberd;
 mod listen;
 mod loader;
+mod s2s;
 mod spec;
 mod yaml;
 
@@ -27,8 +28,9 @@ use std::time::Duration;
 
 pub use acl::{AccessDecision, AccessRequest, AccessRules, Acl};
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
-pub use listen::{Listener, ListenerModule};
+pub use listen::{HTTP_HANDLERS, Listener, ListenerModule};
 pub use loader::{load_file, load_str};
+pub use s2s::{S2sConfig, S2sTls};
 pub use spec::{ModuleOptions, ModuleSpec, OptionKind, OptionSpec, OptionValue};
 
 /// A validated configuration snapshot.
@@ -64,6 +66,8 @@ pub struct Config {
     pub registration_timeout: Duration,
     /// Cluster identity (our `cluster` key), if clustered.
     pub cluster: Option<ClusterConfig>,
+    /// Server-to-server settings (`s2s_*`).
+    pub s2s: S2sConfig,
     /// Non-fatal findings, to be logged at start.
     pub warnings: Vec<Diagnostic>,
     /// The file this was loaded from.
@@ -250,6 +254,7 @@ impl Config {
             max_user_sessions: None,
             registration_timeout: Duration::from_secs(600),
             cluster: None,
+            s2s: S2sConfig::default(),
             warnings: Vec::new(),
             source: None,
         }

@@ -100,6 +100,33 @@ const MODULE_NAMES: &[&str] = &[
     "component",
 ];
 
+/// The `request_handlers` names an HTTP listener serves (`starling-http` mounts them).
+pub const HTTP_HANDLERS: &[&str] = &[
+    "ejabberd_http_ws",
+    "websocket",
+    "mod_bosh",
+    "mod_http_bind",
+    "bosh",
+    "mod_http_api",
+    "api",
+    "mod_prometheus",
+    "metrics",
+    "health",
+];
+
+/// ejabberd's request handlers we do not serve yet: a warning, the path is not served.
+const IGNORED_HTTP_HANDLERS: &[&str] = &[
+    "ejabberd_web_admin",
+    "ejabberd_captcha",
+    "ejabberd_oauth",
+    "ejabberd_xmlrpc",
+    "mod_conversejs",
+    "mod_http_fileserver",
+    "mod_http_upload",
+    "mod_mqtt",
+    "mod_register_web",
+];
+
 const OPTIONS: &[&str] = &[
     "port",
     "ip",
@@ -437,7 +464,25 @@ fn parse_handlers(node: &Node, path: &str, report: &mut Report) -> Vec<(String, 
             continue;
         }
         match v.as_str() {
-            Some(h) => out.push((p, h.to_owned())),
+            Some(h) => {
+                if IGNORED_HTTP_HANDLERS.contains(&h) {
+                    report.warning(
+                        &v.mark,
+                        &key,
+                        format!("HTTP handler {h} is not supported yet; this path is not served"),
+                    );
+                } else if !HTTP_HANDLERS.contains(&h) {
+                    report.warning(
+                        &v.mark,
+                        &key,
+                        format!(
+                            "{} (this path is not served)",
+                            unknown("HTTP handler", h, HTTP_HANDLERS.iter().copied())
+                        ),
+                    );
+                }
+                out.push((p, h.to_owned()));
+            }
             None => report.error(
                 &v.mark,
                 &key,
@@ -490,6 +535,16 @@ mod tests {
             vec![
                 ("/ws".into(), "ejabberd_http_ws".into()),
                 ("/bosh".into(), "mod_bosh".into())
+            ]
+        );
+        let (_, d) = listen(
+            "- port: 80\n  module: http\n  request_handlers:\n    /admin: ejabberd_web_admin\n    /api: mod_http_apj\n",
+        );
+        assert_eq!(
+            d,
+            vec![
+                "t.yml:4:13: warning: listen[0].request_handlers./admin: HTTP handler ejabberd_web_admin is not supported yet; this path is not served",
+                "t.yml:5:11: warning: listen[0].request_handlers./api: unknown HTTP handler \"mod_http_apj\"; did you mean \"mod_http_api\"? (this path is not served)",
             ]
         );
     }

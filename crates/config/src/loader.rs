@@ -536,8 +536,19 @@ fn build(top: &[Top], modules: &[ModuleSpec], report: &mut Report) -> Config {
     }
 
     for t in top {
+        if crate::s2s::KEYS.contains(&t.name.as_str()) {
+            crate::s2s::parse_key(&t.name, &t.value, &mut config.s2s, report);
+            if t.name == "s2s_access"
+                && let Some(rule) = t.value.as_str()
+            {
+                acl::check_rule_name(&config.access_rules, rule, &t.value, "s2s_access", report);
+            }
+        }
+    }
+
+    for t in top {
         let name = t.name.as_str();
-        if SUPPORTED.contains(&name) {
+        if SUPPORTED.contains(&name) || crate::s2s::KEYS.contains(&name) {
             continue;
         }
         if ejabberd::IGNORED_TOP_LEVEL.contains(&name) || name.starts_with("ldap_") {
@@ -547,7 +558,11 @@ fn build(top: &[Top], modules: &[ModuleSpec], report: &mut Report) -> Config {
                 "this ejabberd option is not supported yet, ignored",
             );
         } else {
-            let candidates = SUPPORTED.iter().chain(ejabberd::IGNORED_TOP_LEVEL).copied();
+            let candidates = SUPPORTED
+                .iter()
+                .chain(crate::s2s::KEYS)
+                .chain(ejabberd::IGNORED_TOP_LEVEL)
+                .copied();
             report.error(&t.key.mark, name, unknown("option", name, candidates));
         }
     }

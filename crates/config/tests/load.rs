@@ -533,9 +533,11 @@ fn realistic_ejabberd_style_file_loads_with_warnings() {
     assert_eq!(c.max_user_sessions, Some(10));
     assert!(c.certfiles.is_empty());
     assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
+    // s2s_use_starttls is supported now (issue 8).
+    assert_eq!(c.s2s.use_starttls, starling_config::S2sTls::Optional);
     let text = warnings(&c).join("\n");
+    assert!(!text.contains("s2s_use_starttls"), "{text}");
     for expected in [
-        "s2s_use_starttls: this ejabberd option",
         "api_permissions: this ejabberd option",
         "acme: this ejabberd option",
         "shaper: this ejabberd option",

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod counters;
 pub mod hooks;
 pub mod local;
 pub mod module;

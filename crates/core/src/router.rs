@@ -16,6 +16,7 @@ use crate::server::Server;
 pub fn route<'a>(server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         tracing::debug!(?stanza, "route");
+        server.counters().stanza_routed(stanza.kind());
         let domain = stanza.to().domain();
         if server.is_local(domain) {
             local::route(server, stanza).await;

@@ -13,6 +13,7 @@ use starling_storage::Stores;
 use starling_xmpp::stanza::Stanza;
 use tokio::sync::watch;
 
+use crate::counters::Counters;
 use crate::module::{HostContext, HostModules, Module, ModuleError, Service};
 use crate::router;
 use crate::sm::{DEFAULT_INBOX, SessionManager};
@@ -25,6 +26,33 @@ pub const DEFAULT_MAX_ROSTER_ITEMS: u32 = 1000;
 pub trait RemoteRouter: Send + Sync {
     /// Takes a stanza whose `to` domain is not served here.
     fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> crate::BoxFuture<'a, ()>;
+
+    /// The server-to-server connections open now (for `s2s_connections`).
+    fn connections(&self) -> Vec<RemoteConnection> {
+        Vec::new()
+    }
+
+    /// Closes every server-to-server connection; returns how many were open.
+    fn stop_connections(&self) -> usize {
+        0
+    }
+}
+
+/// One server-to-server connection, as `starlingctl s2s_connections` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteConnection {
+    /// True for connections the peer opened.
+    pub incoming: bool,
+    /// Our domain.
+    pub local: String,
+    /// The peer's domain (`?` while an incoming stream has not authenticated).
+    pub remote: String,
+    /// The peer's address, once connected.
+    pub addr: Option<std::net::SocketAddr>,
+    /// True once TLS is up.
+    pub tls: bool,
+    /// `external`, `dialback`, or `none` while negotiating.
+    pub auth: &'static str,
 }
 
 /// Lifecycle state, reported by `status` and (later) `/health`.
@@ -51,6 +79,8 @@ pub struct Server {
     routes: dashmap::DashMap<String, Arc<dyn Service>>,
     /// Where stanzas for other domains go (the s2s manager), once one is attached.
     remote: arc_swap::ArcSwapOption<Box<dyn RemoteRouter>>,
+    /// Activity counters read by the metrics exporter at scrape time.
+    counters: Arc<Counters>,
     /// IQ requests the server itself sent, awaiting their result, by id.
     pending_iq: dashmap::DashMap<
         String,
@@ -88,6 +118,7 @@ impl Server {
             pending_iq: dashmap::DashMap::new(),
             routes,
             remote: arc_swap::ArcSwapOption::empty(),
+            counters: Arc::new(Counters::default()),
         }))
     }
 
@@ -162,9 +193,17 @@ impl Server {
         self.remote.load_full()
     }
 
-    /// Routes a stanza to completion (router → local router → session manager).
+    /// Routes a stanza to completion (router → local router → session manager). The time it
+    /// takes is the routing latency of [`Counters::routing`].
     pub async fn route(&self, stanza: Stanza) {
+        let start = Instant::now();
         router::route(self, stanza).await;
+        self.counters.routing().observe(start.elapsed());
+    }
+
+    /// The activity counters that `/metrics` exports.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
     /// Deletes an account: runs the `remove_user` hook (modules delete their data and tell

@@ -6,10 +6,20 @@
 //! into the owning connection task. Delivery is a non-blocking `try_send` into a bounded inbox:
 //! a full inbox means the client does not read, and the session is closed with
 //! `<policy-violation/>` rather than letting memory grow (DESIGN.md §2.4).
+//!
+//! In a cluster (DESIGN.md §7.2) the directory also holds *remote* entries: sessions bound on
+//! other nodes, replicated by the cluster through the [`ClusterView`] port. Every lookup
+//! (`get`, `sessions_of`, `message_targets`, `available_of`) sees them, so routing is the same
+//! wherever a session lives; delivering to a remote entry hands the stanza to the cluster,
+//! which forwards it over the link to the owner. Each entry is written only by its owner: local
+//! changes are reported to the cluster in the order they happen (under one small lock that
+//! only binds, unbinds and presence changes take, never message delivery), and remote entries
+//! change only when their owner says so.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use starling_xmpp::Element;
 use starling_xmpp::error::{StreamError, StreamErrorCondition};
@@ -38,6 +48,95 @@ pub struct SessionChannels {
     pub close: watch::Receiver<Option<StreamError>>,
 }
 
+/// A session bound on another node, as its owner describes it (DESIGN.md §7.2 `sessions`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteSession {
+    /// The full JID.
+    pub jid: FullJid,
+    /// The owner's session id.
+    pub id: SessionId,
+    /// Presence priority.
+    pub priority: i8,
+    /// Sent initial presence and not yet unavailable.
+    pub available: bool,
+    /// Receives roster pushes.
+    pub interested: bool,
+    /// The last available presence, to answer probes.
+    pub presence: Option<Arc<Element>>,
+    /// When it was bound (µs since the Unix epoch): the older of two sessions with the same
+    /// full JID gets `<conflict/>`.
+    pub bound_at: i64,
+}
+
+/// A change to one of this node's own entries, reported to the cluster in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DirectoryChange {
+    /// Bound, or its presence, priority or interest changed.
+    Upsert(RemoteSession),
+    /// Unbound.
+    Remove {
+        /// The full JID.
+        jid: FullJid,
+        /// The session id.
+        id: SessionId,
+    },
+}
+
+/// One cluster member as `cluster_status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node name.
+    pub name: String,
+    /// Cluster listener address.
+    pub address: String,
+    /// True for the node answering.
+    pub this_node: bool,
+    /// Linked (always true for this node).
+    pub up: bool,
+    /// Sessions it owns, as this node's directory sees them.
+    pub sessions: usize,
+    /// Milliseconds since its last frame, when linked.
+    pub last_seen_ms: Option<u64>,
+    /// Last measured round trip in microseconds, when linked.
+    pub rtt_us: Option<u64>,
+}
+
+/// The cluster as the core sees it (DESIGN.md §3 port): forwarding to remote entries,
+/// replication of local changes, and the cluster commands. Implemented by `starling-cluster`.
+pub trait ClusterView: Send + Sync {
+    /// This node's name.
+    fn node_name(&self) -> &str;
+    /// One of our entries changed; called in the order changes happen. Must not block.
+    fn changed(&self, change: DirectoryChange);
+    /// Forwards a stanza to session `id` (full JID `to`) owned by `node`. False if the link is
+    /// down or saturated (the stanza is lost, as for a dead session).
+    fn deliver(&self, node: &str, to: &FullJid, id: SessionId, stanza: Arc<Stanza>) -> bool;
+    /// Asks `node` to close its session `id` with `error`.
+    fn close(&self, node: &str, jid: &FullJid, id: SessionId, error: &StreamError);
+    /// Every member, this node first.
+    fn status(&self) -> Vec<MemberStatus>;
+    /// `join_cluster`: links to the node at `address` and to every member of its cluster.
+    /// Returns the members linked.
+    fn join<'a>(&'a self, address: &'a str) -> crate::BoxFuture<'a, Result<Vec<String>, String>>;
+    /// `leave_cluster`: removes `node` from the cluster for good and stops it.
+    fn leave<'a>(&'a self, node: &'a str) -> crate::BoxFuture<'a, Result<(), String>>;
+}
+
+/// Where a directory entry's session runs.
+#[derive(Clone)]
+enum Owner {
+    /// On this node: its connection task's inbox and close signal.
+    Local {
+        inbox: mpsc::Sender<SessionMsg>,
+        close: Arc<watch::Sender<Option<StreamError>>>,
+    },
+    /// On another node, reached through the cluster.
+    Remote {
+        node: Arc<str>,
+        cluster: Arc<dyn ClusterView>,
+    },
+}
+
 /// One bound resource in the directory.
 #[derive(Clone)]
 pub struct SessionEntry {
@@ -53,14 +152,48 @@ pub struct SessionEntry {
     pub interested: bool,
     /// The last available presence it broadcast, to answer probes.
     pub presence: Option<Arc<Element>>,
-    inbox: mpsc::Sender<SessionMsg>,
-    close: Arc<watch::Sender<Option<StreamError>>>,
+    /// When it was bound (µs since the Unix epoch).
+    pub bound_at: i64,
+    owner: Owner,
 }
 
 impl SessionEntry {
-    /// Queues a stanza for this session; closes the session if its inbox is full.
+    /// The node owning this session; `None` when it is bound here.
+    pub fn node(&self) -> Option<&str> {
+        match &self.owner {
+            Owner::Local { .. } => None,
+            Owner::Remote { node, .. } => Some(node),
+        }
+    }
+
+    /// True if the session is bound on this node.
+    pub fn is_local(&self) -> bool {
+        matches!(self.owner, Owner::Local { .. })
+    }
+
+    /// The entry as replicated to other nodes.
+    pub fn to_remote(&self) -> RemoteSession {
+        RemoteSession {
+            jid: self.jid.clone(),
+            id: self.id,
+            priority: self.priority,
+            available: self.available,
+            interested: self.interested,
+            presence: self.presence.clone(),
+            bound_at: self.bound_at,
+        }
+    }
+
+    /// Queues a stanza for this session; closes the session if its inbox is full. A remote
+    /// session's stanza is forwarded to its owner.
     pub fn deliver(&self, stanza: Arc<Stanza>) -> bool {
-        match self.inbox.try_send(SessionMsg::Stanza(stanza)) {
+        let inbox = match &self.owner {
+            Owner::Local { inbox, .. } => inbox,
+            Owner::Remote { node, cluster } => {
+                return cluster.deliver(node, &self.jid, self.id, stanza);
+            }
+        };
+        match inbox.try_send(SessionMsg::Stanza(stanza)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(jid = %self.jid, "session inbox full, closing the session");
@@ -76,22 +209,41 @@ impl SessionEntry {
 
     /// Free slots in the inbox right now.
     pub fn capacity(&self) -> usize {
-        self.inbox.capacity()
+        match &self.owner {
+            Owner::Local { inbox, .. } => inbox.capacity(),
+            // The owner's inbox is not visible from here; the link is the bound.
+            Owner::Remote { .. } => DEFAULT_INBOX,
+        }
     }
 
     /// Queues a stanza, waiting up to `timeout` for room in the inbox instead of closing the
     /// session when it is full. For bulk deliveries from a separate task (an offline backlog
     /// larger than the inbox), never from the session's own task, which would wait for itself.
     pub async fn deliver_wait(&self, stanza: Arc<Stanza>, timeout: std::time::Duration) -> bool {
-        self.inbox
-            .send_timeout(SessionMsg::Stanza(stanza), timeout)
-            .await
-            .is_ok()
+        match &self.owner {
+            Owner::Local { inbox, .. } => inbox
+                .send_timeout(SessionMsg::Stanza(stanza), timeout)
+                .await
+                .is_ok(),
+            Owner::Remote { .. } => self.deliver(stanza),
+        }
     }
 
-    /// Asks the owning task to close the stream with `error`.
+    /// Asks the owning task (here or on its node) to close the stream with `error`.
     pub fn close(&self, error: StreamError) {
-        self.close.send_replace(Some(error));
+        match &self.owner {
+            Owner::Local { close, .. } => {
+                close.send_replace(Some(error));
+            }
+            Owner::Remote { node, cluster } => cluster.close(node, &self.jid, self.id, &error),
+        }
+    }
+
+    /// True if `self` was bound after `other`; ties go to the greater owner name, so every
+    /// node picks the same survivor of a duplicate full JID.
+    fn newer_than(&self, other: &Self, our_name: &str) -> bool {
+        let name = |e: &Self| e.node().unwrap_or(our_name).to_owned();
+        (self.bound_at, name(self)) > (other.bound_at, name(other))
     }
 }
 
@@ -128,6 +280,12 @@ pub struct SessionManager {
     resumable: DashMap<String, Resumable>,
     next_id: AtomicU64,
     inbox_capacity: usize,
+    /// The cluster, once attached.
+    cluster: ArcSwapOption<Arc<dyn ClusterView>>,
+    /// Serialises changes to the directory with their reports to the cluster, so that peers
+    /// see them in order and a snapshot is never older than the deltas that follow it. Taken
+    /// by bind, unbind, presence updates and replication, never by delivery.
+    changes: Mutex<()>,
 }
 
 impl Default for SessionManager {
@@ -144,6 +302,31 @@ impl SessionManager {
             resumable: DashMap::new(),
             next_id: AtomicU64::new(1),
             inbox_capacity: inbox_capacity.max(1),
+            cluster: ArcSwapOption::empty(),
+            changes: Mutex::new(()),
+        }
+    }
+
+    /// Attaches the cluster: local changes are reported to it from now on.
+    pub fn set_cluster(&self, cluster: Arc<dyn ClusterView>) {
+        self.cluster.store(Some(Arc::new(cluster)));
+    }
+
+    /// The attached cluster, if any.
+    pub fn cluster(&self) -> Option<Arc<dyn ClusterView>> {
+        self.cluster.load_full().map(|c| (*c).clone())
+    }
+
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded value is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn report(&self, change: DirectoryChange) {
+        if let Some(cluster) = self.cluster.load().as_ref() {
+            cluster.changed(change);
         }
     }
 
@@ -155,64 +338,276 @@ impl SessionManager {
         jid: FullJid,
         max_sessions: Option<u32>,
     ) -> Result<(SessionId, SessionChannels), BindError> {
+        let _changes = self.lock_changes();
         let bare = jid.to_bare();
-        let mut entries = self.sessions.entry(bare).or_default();
-        if let Some(pos) = entries.iter().position(|e| e.jid == jid) {
-            let old = entries.swap_remove(pos);
-            old.close(
-                StreamError::new(StreamErrorCondition::Conflict)
-                    .with_text("Replaced by new connection"),
-            );
+        let mut bound_at = now_micros();
+        let mut removed = None;
+        let result = {
+            let mut entries = self.sessions.entry(bare).or_default();
+            if let Some(pos) = entries.iter().position(|e| e.jid == jid) {
+                let old = entries.swap_remove(pos);
+                // The new session must be the newer one on every node, whatever the clocks say.
+                bound_at = bound_at.max(old.bound_at.saturating_add(1));
+                old.close(
+                    StreamError::new(StreamErrorCondition::Conflict)
+                        .with_text("Replaced by new connection"),
+                );
+                if old.is_local() {
+                    removed = Some(DirectoryChange::Remove {
+                        jid: old.jid.clone(),
+                        id: old.id,
+                    });
+                }
+            }
+            if let Some(max) = max_sessions
+                && entries.len() >= max as usize
+            {
+                Err(BindError::TooManySessions)
+            } else {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let (inbox_tx, inbox) = mpsc::channel(self.inbox_capacity);
+                let (close_tx, close) = watch::channel(None);
+                let entry = SessionEntry {
+                    jid,
+                    id,
+                    priority: 0,
+                    available: false,
+                    interested: false,
+                    presence: None,
+                    bound_at,
+                    owner: Owner::Local {
+                        inbox: inbox_tx,
+                        close: Arc::new(close_tx),
+                    },
+                };
+                let upsert = DirectoryChange::Upsert(entry.to_remote());
+                entries.push(entry);
+                Ok((id, SessionChannels { inbox, close }, upsert))
+            }
+        };
+        if let Some(change) = removed {
+            self.report(change);
         }
-        if let Some(max) = max_sessions
-            && entries.len() >= max as usize
-        {
-            return Err(BindError::TooManySessions);
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (inbox_tx, inbox) = mpsc::channel(self.inbox_capacity);
-        let (close_tx, close) = watch::channel(None);
-        entries.push(SessionEntry {
-            jid,
-            id,
-            priority: 0,
-            available: false,
-            interested: false,
-            presence: None,
-            inbox: inbox_tx,
-            close: Arc::new(close_tx),
-        });
-        Ok((id, SessionChannels { inbox, close }))
+        let (id, channels, upsert) = result?;
+        self.report(upsert);
+        Ok((id, channels))
     }
 
     /// Removes a session, if it is still the one with `id`.
+    /// Removes a local session, if it is still the one with `id`.
     pub fn unbind(&self, jid: &FullJid, id: SessionId) -> Option<SessionEntry> {
+        let _changes = self.lock_changes();
         let bare = jid.to_bare();
         let removed = {
             let mut entries = self.sessions.get_mut(&bare)?;
-            let pos = entries.iter().position(|e| e.id == id)?;
+            let pos = entries.iter().position(|e| e.id == id && e.is_local())?;
             entries.swap_remove(pos)
         };
         self.sessions.remove_if(&bare, |_, v| v.is_empty());
+        self.report(DirectoryChange::Remove {
+            jid: removed.jid.clone(),
+            id,
+        });
         Some(removed)
     }
 
-    /// Updates a session's entry in place.
+    /// Updates a local session's entry in place.
     pub fn update(&self, jid: &FullJid, id: SessionId, f: impl FnOnce(&mut SessionEntry)) {
-        if let Some(mut entries) = self.sessions.get_mut(&jid.to_bare())
-            && let Some(entry) = entries.iter_mut().find(|e| e.id == id)
-        {
-            f(entry);
+        let _changes = self.lock_changes();
+        let changed = match self.sessions.get_mut(&jid.to_bare()) {
+            Some(mut entries) => match entries.iter_mut().find(|e| e.id == id && e.is_local()) {
+                Some(entry) => {
+                    f(entry);
+                    Some(entry.to_remote())
+                }
+                None => None,
+            },
+            None => None,
+        };
+        if let Some(session) = changed {
+            self.report(DirectoryChange::Upsert(session));
         }
     }
 
-    /// Marks a session as having requested the roster, so it receives roster pushes.
+    /// Marks a local session as having requested the roster, so it receives roster pushes.
     pub fn set_interested(&self, jid: &FullJid) {
-        if let Some(mut entries) = self.sessions.get_mut(&jid.to_bare())
-            && let Some(entry) = entries.iter_mut().find(|e| e.jid == *jid)
-        {
-            entry.interested = true;
+        let _changes = self.lock_changes();
+        let changed = match self.sessions.get_mut(&jid.to_bare()) {
+            Some(mut entries) => {
+                match entries
+                    .iter_mut()
+                    .find(|e| e.jid == *jid && e.is_local() && !e.interested)
+                {
+                    Some(entry) => {
+                        entry.interested = true;
+                        Some(entry.to_remote())
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(session) = changed {
+            self.report(DirectoryChange::Upsert(session));
         }
+    }
+
+    /// Calls `f` with a snapshot of this node's own entries while no change can happen, so
+    /// the cluster can queue the snapshot ahead of every later delta on a new link.
+    pub fn with_local_snapshot<T>(&self, f: impl FnOnce(Vec<RemoteSession>) -> T) -> T {
+        let _changes = self.lock_changes();
+        let snapshot = self
+            .sessions
+            .iter()
+            .flat_map(|e| {
+                e.value()
+                    .iter()
+                    .filter(|s| s.is_local())
+                    .map(SessionEntry::to_remote)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        f(snapshot)
+    }
+
+    /// Adds or updates an entry owned by `node` (a delta or snapshot item from its owner).
+    /// A duplicate full JID keeps only the newer session: an older local one is closed with
+    /// `<conflict/>`; an older remote one is dropped here (its owner closes it when our entry
+    /// reaches it).
+    pub fn apply_remote(&self, node: &str, cluster: &Arc<dyn ClusterView>, session: RemoteSession) {
+        let _changes = self.lock_changes();
+        self.apply_remote_locked(node, cluster, session);
+    }
+
+    fn apply_remote_locked(
+        &self,
+        node: &str,
+        cluster: &Arc<dyn ClusterView>,
+        session: RemoteSession,
+    ) {
+        let our_name = cluster.node_name().to_owned();
+        let incoming = SessionEntry {
+            jid: session.jid,
+            id: session.id,
+            priority: session.priority,
+            available: session.available,
+            interested: session.interested,
+            presence: session.presence,
+            bound_at: session.bound_at,
+            owner: Owner::Remote {
+                node: Arc::from(node),
+                cluster: cluster.clone(),
+            },
+        };
+        let mut removed = None;
+        {
+            let mut entries = self.sessions.entry(incoming.jid.to_bare()).or_default();
+            if let Some(pos) = entries
+                .iter()
+                .position(|e| e.node() == Some(node) && e.id == incoming.id)
+            {
+                // An update from the owner: it is authoritative.
+                if let Some(slot) = entries.get_mut(pos) {
+                    *slot = incoming;
+                }
+                return;
+            }
+            if let Some(pos) = entries.iter().position(|e| e.jid == incoming.jid) {
+                let Some(existing) = entries.get(pos) else {
+                    return;
+                };
+                if !incoming.newer_than(existing, &our_name) {
+                    return;
+                }
+                let old = entries.swap_remove(pos);
+                if old.is_local() {
+                    old.close(
+                        StreamError::new(StreamErrorCondition::Conflict)
+                            .with_text("Replaced by new connection"),
+                    );
+                    removed = Some(DirectoryChange::Remove {
+                        jid: old.jid.clone(),
+                        id: old.id,
+                    });
+                }
+            }
+            entries.push(incoming);
+        }
+        if let Some(change) = removed {
+            self.report(change);
+        }
+    }
+
+    /// Removes session `id` owned by `node` (its owner unbound it).
+    pub fn remove_remote(&self, node: &str, jid: &FullJid, id: SessionId) {
+        let _changes = self.lock_changes();
+        let bare = jid.to_bare();
+        if let Some(mut entries) = self.sessions.get_mut(&bare) {
+            entries.retain(|e| !(e.node() == Some(node) && e.id == id));
+        }
+        self.sessions.remove_if(&bare, |_, v| v.is_empty());
+    }
+
+    /// Replaces every entry of `node` by its snapshot (a link came up).
+    pub fn replace_node(
+        &self,
+        node: &str,
+        cluster: &Arc<dyn ClusterView>,
+        snapshot: Vec<RemoteSession>,
+    ) -> Vec<SessionEntry> {
+        let _changes = self.lock_changes();
+        let gone = self.purge_locked(node);
+        for session in snapshot {
+            self.apply_remote_locked(node, cluster, session);
+        }
+        gone
+    }
+
+    /// Removes every entry owned by `node` (it is down or left) and returns them.
+    pub fn purge_node(&self, node: &str) -> Vec<SessionEntry> {
+        let _changes = self.lock_changes();
+        self.purge_locked(node)
+    }
+
+    fn purge_locked(&self, node: &str) -> Vec<SessionEntry> {
+        let mut gone = Vec::new();
+        self.sessions.retain(|_, entries| {
+            entries.retain(|e| {
+                if e.node() == Some(node) {
+                    gone.push(e.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            !entries.is_empty()
+        });
+        gone
+    }
+
+    /// The session bound on this node to a full JID.
+    pub fn get_local(&self, jid: &FullJid) -> Option<SessionEntry> {
+        self.sessions
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|e| e.jid == *jid && e.is_local())
+            .cloned()
+    }
+
+    /// Number of sessions bound on this node.
+    pub fn count_local(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|e| e.value().iter().filter(|s| s.is_local()).count())
+            .sum()
+    }
+
+    /// Number of sessions owned by `node`, as replicated here.
+    pub fn count_of_node(&self, node: &str) -> usize {
+        self.sessions
+            .iter()
+            .map(|e| e.value().iter().filter(|s| s.node() == Some(node)).count())
+            .sum()
     }
 
     /// Closes every session of an account (account removed, password changed by an admin).
@@ -258,7 +653,7 @@ impl SessionManager {
         v
     }
 
-    /// Every bound full JID on this node (for `connected_users`).
+    /// Every bound full JID in the directory, cluster-wide (for `connected_users`).
     pub fn all(&self) -> Vec<FullJid> {
         let mut v: Vec<FullJid> = self
             .sessions
@@ -269,7 +664,7 @@ impl SessionManager {
         v
     }
 
-    /// Number of bound sessions.
+    /// Number of bound sessions, cluster-wide.
     pub fn count(&self) -> usize {
         self.sessions.iter().map(|e| e.value().len()).sum()
     }
@@ -290,14 +685,22 @@ impl SessionManager {
         self.resumable.remove_if(sm_id, |_, r| r.id == id);
     }
 
-    /// Closes every session (server shutdown).
+    /// Closes every session of this node (server shutdown); other nodes' stay.
     pub fn close_all(&self, error: &StreamError) {
         for entries in &self.sessions {
-            for e in entries.value() {
+            for e in entries.value().iter().filter(|e| e.is_local()) {
                 e.close(error.clone());
             }
         }
     }
+}
+
+/// Microseconds since the Unix epoch (bind times compared across nodes).
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

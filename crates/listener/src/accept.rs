@@ -42,7 +42,9 @@ pub async fn serve<H, F>(
                 backoff = Duration::from_millis(5);
                 // Small writes (stanzas) must not wait for Nagle.
                 let _ = socket.set_nodelay(true);
-                let task = handler(socket, peer);
+                // Boxed: awaiting a future captured by an async block stores it twice in the
+                // block's state (capture and await slot), doubling every connection's task.
+                let task = Box::pin(handler(socket, peer));
                 tokio::spawn(async move {
                     task.await;
                     drop(permit);

@@ -155,6 +155,15 @@ impl Certificates {
         })
     }
 
+    /// The certificate served for `host` (the default one when none names it), e.g. for the
+    /// client certificate an outgoing s2s connection presents.
+    pub fn for_host(&self, host: &str) -> Arc<CertifiedKey> {
+        self.by_host
+            .get(&host.to_ascii_lowercase())
+            .unwrap_or(&self.default)
+            .clone()
+    }
+
     /// A rustls server configuration serving these certificates (TLS 1.2 and 1.3).
     pub fn server_config(self: Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
         let config = ServerConfig::builder_with_provider(provider())

@@ -243,7 +243,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn host_items_are_empty() {
+    async fn host_items_list_the_hosts_services() {
         let f = Fixture::new().await;
         let mut s = f.session("alice@localhost/a").await;
         let reply = s
@@ -254,7 +254,29 @@ mod tests {
             )
             .await;
         assert_eq!(reply.type_attr(), Some("result"));
-        assert_eq!(reply.payload().unwrap().children().count(), 0);
+        let items: Vec<String> = reply
+            .payload()
+            .unwrap()
+            .children()
+            .filter_map(|i| i.attr("jid").map(str::to_owned))
+            .collect();
+        let services: Vec<String> = f
+            .server
+            .host_modules("localhost")
+            .unwrap()
+            .registrations
+            .services
+            .iter()
+            .map(|s| s.domain.clone())
+            .collect();
+        assert_eq!(items, services);
+        // Every listed service is routed.
+        for domain in &items {
+            assert!(
+                f.server.route_for(domain).is_some(),
+                "{domain} is not routed"
+            );
+        }
     }
 
     #[tokio::test]

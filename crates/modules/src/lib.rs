@@ -14,6 +14,7 @@
 //! | [`time`] `mod_time` | XEP-0202 entity time (XEP-0082 dates) |
 //! | [`last`] `mod_last` | XEP-0012 last activity |
 //! | [`mam`] `mod_mam` | XEP-0313 message archives, XEP-0059 paging, XEP-0359 stanza ids |
+//! | [`muc`] `mod_muc` | XEP-0045 multi-user chat, XEP-0410 self-ping |
 //! | [`register`] `mod_register` | XEP-0077 in-band registration |
 //! | [`roster`] `mod_roster` | RFC 6121 §2 roster management |
 //! | [`offline`] `mod_offline` | XEP-0160 offline messages, XEP-0013 flexible retrieval |
@@ -25,6 +26,7 @@
 //! | [`blocking`] `mod_blocking` | XEP-0191 blocking command, on the privacy lists |
 //! | [`stream_mgmt`] `mod_stream_mgmt` | XEP-0198 stream management (run by c2s) |
 //! | [`client_state`] `mod_client_state` | XEP-0352 client state indication (run by c2s) |
+//! | [`http_api`] `mod_http_api` | admin HTTP API options (served by `starling-http`) |
 
 #![forbid(unsafe_code)]
 
@@ -37,8 +39,10 @@ pub mod blocking;
 pub mod carbons;
 pub mod client_state;
 pub mod disco;
+pub mod http_api;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
@@ -75,8 +79,10 @@ pub fn catalogue() -> Vec<Arc<dyn Module>> {
         Arc::new(privacy::Privacy),
         Arc::new(blocking::Blocking),
         Arc::new(pep::Pep),
+        Arc::new(muc::Muc),
         Arc::new(stream_mgmt::StreamMgmt),
         Arc::new(client_state::ClientState),
+        Arc::new(http_api::HttpApi),
     ]
 }
 

@@ -16,9 +16,12 @@ use starling_config::{Config, ListenerModule};
 use starling_core::Server;
 use starling_core::module::Module;
 use starling_core::server::NodeState;
+use starling_http::HttpContext;
 use starling_listener::tls::Certificates;
+use starling_metrics::Metrics;
 use starling_storage_sql::SqlStore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Most concurrent connections per listener (further ones wait in the kernel backlog).
 const MAX_CONNECTIONS_PER_LISTENER: usize = 100_000;
@@ -29,8 +32,51 @@ pub struct Node {
     pub server: Arc<Server>,
     /// Bound client listeners, in config order: (address, direct TLS).
     pub c2s: Vec<(SocketAddr, bool)>,
+    /// Bound HTTP listeners, in config order: (address, TLS).
+    pub http: Vec<(SocketAddr, bool)>,
+    /// The node's metric families (the cluster sets its link families through this).
+    pub metrics: Arc<Metrics>,
+    /// Bound s2s and component listeners, in config order.
+    pub s2s: Vec<(SocketAddr, ListenerModule)>,
     /// The control socket path.
     pub control_socket: PathBuf,
+    /// Closes the HTTP listeners once sessions have drained: until then `/health` answers
+    /// `draining`, so load balancers see the node leave instead of a refused connection.
+    http_stop: watch::Sender<bool>,
+}
+
+/// Opens the database `config.sql` names: PostgreSQL for `sql_type: pgsql`, else SQLite in
+/// `data_dir/starling.db`; either way migrated before anything else starts.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn starling_storage::Stores>> {
+    if config.sql.sql_type == starling_config::SqlType::Pgsql {
+        let target = pg_target(&config.sql);
+        let store = SqlStore::open_postgres(&target)
+            .await
+            .with_context(|| format!("cannot open PostgreSQL database {}", target.identity()))?;
+        return Ok(Arc::new(store));
+    }
+    let db_path = config.data_dir.join("starling.db");
+    let store = SqlStore::open_sqlite(&db_path)
+        .await
+        .with_context(|| format!("cannot open database {}", db_path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// ejabberd's `sql_*` options resolved for PostgreSQL, with ejabberd's defaults for the
+/// unset ones (port 5432, database `ejabberd`).
+pub fn pg_target(sql: &starling_config::SqlConfig) -> starling_storage_sql::PgTarget {
+    use starling_storage_sql::PgTarget;
+    PgTarget {
+        server: sql.server.clone(),
+        port: sql.port.unwrap_or(PgTarget::DEFAULT_PORT),
+        database: sql
+            .database
+            .clone()
+            .unwrap_or_else(|| PgTarget::DEFAULT_DATABASE.to_owned()),
+        username: sql.username.clone(),
+        password: sql.password.clone(),
+        pool_size: sql.pool_size,
+    }
 }
 
 /// Opens the store, loads certificates, starts modules, listeners and the control socket.
@@ -41,22 +87,77 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let db_path = data_dir.join("starling.db");
-    let store = SqlStore::open_sqlite(&db_path)
-        .await
-        .with_context(|| format!("cannot open database {}", db_path.display()))?;
+    let store = open_store(&config).await?;
     let certs = Certificates::load(&config.certfiles, &config.hosts, &data_dir)
         .context("cannot load TLS certificates")?;
     let tls = Arc::new(certs).server_config()?;
     let negotiation_timeout = config.negotiation_timeout;
     let listeners = config.listen.clone();
     let hosts = config.hosts.clone();
-    let server = Server::new(config, Arc::new(store), catalogue)
+    let server = Server::new(config, store, catalogue)
         .map_err(|e| anyhow::anyhow!("cannot start modules: {e}"))?;
 
+    let s2s = start_s2s(&server).context("cannot start the s2s manager")?;
+    let mut s2s_addrs = Vec::new();
+    let metrics = Arc::new(Metrics::new(server.counters().clone()));
+    let http_context = HttpContext::new(server.clone(), metrics.clone());
     let mut c2s = Vec::new();
+    let mut http = Vec::new();
+    let (http_stop, _) = watch::channel(false);
     for listener in &listeners {
         let addr = SocketAddr::new(listener.ip, listener.port);
+        if listener.module == ListenerModule::Http {
+            let socket = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let local = socket.local_addr()?;
+            tracing::info!(addr = %local, tls = listener.tls, handlers = ?listener.request_handlers, "HTTP listener started");
+            http.push((local, listener.tls));
+            let mut stop = http_stop.subscribe();
+            let shutdown = async move {
+                // A dropped node (sender gone) stops the listener too.
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            let (ctx, listener, tls) = (http_context.clone(), listener.clone(), tls.clone());
+            tokio::spawn(async move {
+                let tls = listener.tls.then_some(tls);
+                if let Err(e) = starling_http::serve(ctx, &listener, socket, tls, shutdown).await {
+                    tracing::error!(%local, error = %e, "HTTP listener failed");
+                }
+            });
+            continue;
+        }
+        if matches!(
+            listener.module,
+            ListenerModule::S2s | ListenerModule::Service
+        ) {
+            let socket = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let local = socket.local_addr()?;
+            s2s_addrs.push((local, listener.module));
+            if listener.module == ListenerModule::S2s {
+                tracing::info!(addr = %local, direct_tls = listener.tls, "s2s listener started");
+                let (s2s, server, listener) = (s2s.clone(), server.clone(), listener.clone());
+                tokio::spawn(async move {
+                    s2s.serve(server, socket, listener.tls, listener.max_stanza_size)
+                        .await;
+                });
+            } else {
+                tracing::info!(addr = %local, "component listener started");
+                let settings = starling_s2s::component::ComponentSettings {
+                    password: listener.password.clone(),
+                    negotiation_timeout,
+                    max_stanza_size: listener.max_stanza_size,
+                };
+                tokio::spawn(starling_s2s::component::serve(
+                    server.clone(),
+                    socket,
+                    settings,
+                ));
+            }
+            continue;
+        }
         if listener.module != ListenerModule::C2s {
             tracing::warn!(%addr, module = ?listener.module, "listener module not supported yet; ignored");
             continue;
@@ -103,12 +204,51 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
             }
         });
     }
+    http_context.set_ready();
     tracing::info!(hosts = ?hosts, data_dir = %data_dir.display(), "Starling started");
     Ok(Node {
         server,
         c2s,
+        s2s: s2s_addrs,
+        http,
+        metrics,
         control_socket,
+        http_stop,
     })
+}
+
+/// Builds the s2s manager from the `s2s_*` options and attaches it as the remote router.
+fn start_s2s(server: &Arc<Server>) -> anyhow::Result<starling_s2s::S2s> {
+    let config = server.config();
+    let s2s_config = config.s2s.clone();
+    let certfiles = match &s2s_config.certfile {
+        Some(file) => vec![file.clone()],
+        None => config.certfiles.clone(),
+    };
+    let certs = Certificates::load(&certfiles, &config.hosts, &config.data_dir)
+        .context("cannot load s2s certificates")?;
+    let trust = starling_s2s::tls::Trust::load(true, s2s_config.cafile.as_deref())?;
+    let resolver: Arc<dyn starling_s2s::resolve::Resolver> =
+        match starling_s2s::resolve::DnsResolver::system(s2s_config.dns_timeout) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver configuration; s2s uses static routes only");
+                Arc::new(starling_s2s::resolve::NoDns)
+            }
+        };
+    let settings = starling_s2s::S2sSettings {
+        config: s2s_config,
+        certs: Arc::new(certs),
+        trust,
+        // Per-node random secret; a cluster should pass one derived from its cookie
+        // (`Secret::derive`) so any node can verify keys another issued.
+        secret: starling_s2s::dialback::Secret::random(),
+        resolver,
+        negotiation_timeout: config.negotiation_timeout,
+    };
+    let s2s = starling_s2s::S2s::new(settings, &config.hosts)?;
+    s2s.attach(server);
+    Ok(s2s)
 }
 
 impl Node {
@@ -140,6 +280,7 @@ impl Node {
         while self.server.sm().count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.http_stop.send_replace(true);
         let _ = std::fs::remove_file(&self.control_socket);
         tracing::info!("Starling stopped");
     }

@@ -147,6 +147,8 @@ pub struct StreamParser {
     /// The stream root's qualified name as sent (`stream:stream`), to re-prime a fresh rxml
     /// parser when the connection is idle (see [`StreamParser::shrink`]).
     root_qname: Option<String>,
+    /// The rxml parser was replaced by an unprimed one while idle.
+    dormant: bool,
 }
 
 impl StreamParser {
@@ -167,6 +169,7 @@ impl StreamParser {
             stanza_bytes: None,
             stray_text: false,
             root_qname: None,
+            dormant: false,
         }
     }
 
@@ -222,6 +225,7 @@ impl StreamParser {
         self.stanza_bytes = None;
         self.stray_text = false;
         self.root_qname = None;
+        self.dormant = false;
     }
 
     /// Bytes fed but not yet consumed (for memory accounting; 0 when idle).
@@ -251,21 +255,36 @@ impl StreamParser {
             && self.since_event == 0
             && self.stanza_bytes.is_none()
             && !self.stray_text;
-        if let (true, Some(root)) = (idle, self.root_qname.as_deref()) {
-            let mut fresh = new_raw_parser();
-            let start = format!("<{root}>");
-            let mut bytes = start.as_bytes();
-            // Consume the priming tag's events; they were already handled for the real root.
-            while let Ok(Some(_)) = fresh.parse(&mut bytes, false) {}
-            if bytes.is_empty() {
-                self.parser = fresh;
-            }
+        if idle && self.root_qname.is_some() && !self.dormant {
+            // A parser that has lexed nothing holds no scratch buffer; it is primed with the
+            // root's start tag only when the next bytes arrive (`wake`), so at rest it costs
+            // nothing.
+            self.parser = new_raw_parser();
+            self.dormant = true;
         }
+    }
+
+    /// Primes a dormant parser (see [`StreamParser::shrink`]) before it reads stanza bytes.
+    fn wake(&mut self) {
+        if !self.dormant {
+            return;
+        }
+        self.dormant = false;
+        let Some(root) = self.root_qname.as_deref() else {
+            return;
+        };
+        let start = format!("<{root}>");
+        let mut bytes = start.as_bytes();
+        // Consume the priming tag's events; they were already handled for the real root.
+        while let Ok(Some(_)) = self.parser.parse(&mut bytes, false) {}
     }
 
     /// Hands buffered bytes to rxml, at most as many as the stanza budget allows, until an
     /// event is complete or the buffer is empty.
     fn pump(&mut self) -> Result<Option<StreamEvent>, StreamError> {
+        if !self.buf.is_empty() {
+            self.wake();
+        }
         loop {
             // One byte beyond the budget is enough to prove the budget is exceeded.
             let room = self

@@ -1,0 +1,319 @@
+//! The node's activity counters: plain atomics that the hot path bumps and `starling-metrics`
+//! reads at scrape time (DESIGN.md §10, "everything observable").
+//!
+//! Core and the connection crates must not depend on a metrics library, and metric handles
+//! must be resolved once, not looked up per stanza (DESIGN.md §8). So the counters are a fixed
+//! set of arrays indexed by small enums: an increment is one relaxed atomic add, with no label
+//! hashing and no lock. Every label is bounded by construction (an enum, never a JID or an
+//! address). The exporter turns them into Prometheus families when `/metrics` is scraped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use starling_xmpp::sasl::Mechanism;
+use starling_xmpp::stanza::Kind;
+
+/// How a client session reaches us; the `transport` label of the session gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// XMPP over TCP (RFC 6120), with STARTTLS or direct TLS.
+    Tcp,
+    /// XMPP over WebSocket (RFC 7395).
+    WebSocket,
+    /// BOSH (XEP-0124/0206).
+    Bosh,
+}
+
+impl Transport {
+    /// Every transport, in label order.
+    pub const ALL: [Self; 3] = [Self::Tcp, Self::WebSocket, Self::Bosh];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
+            Self::Bosh => "bosh",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Tcp => 0,
+            Self::WebSocket => 1,
+            Self::Bosh => 2,
+        }
+    }
+}
+
+/// The stanza kinds, in label order (`message`, `presence`, `iq`).
+pub const KINDS: [Kind; 3] = [Kind::Message, Kind::Presence, Kind::Iq];
+
+/// The label value of a stanza kind.
+pub fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Message => "message",
+        Kind::Presence => "presence",
+        Kind::Iq => "iq",
+    }
+}
+
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Message => 0,
+        Kind::Presence => 1,
+        Kind::Iq => 2,
+    }
+}
+
+/// The `mechanism` label of authentication attempts: a known SASL mechanism, or `None` for a
+/// name we do not offer (so a client cannot invent label values).
+pub type AuthMechanism = Option<Mechanism>;
+
+/// Label value of an authentication mechanism (`other` for unknown names).
+pub fn mechanism_label(mechanism: AuthMechanism) -> &'static str {
+    mechanism.map_or("other", Mechanism::name)
+}
+
+/// Every mechanism label, in order.
+pub fn mechanisms() -> impl Iterator<Item = AuthMechanism> {
+    Mechanism::ALL.into_iter().map(Some).chain([None])
+}
+
+const MECHANISMS: usize = Mechanism::ALL.len() + 1;
+
+fn mechanism_index(mechanism: AuthMechanism) -> usize {
+    mechanism
+        .and_then(|m| Mechanism::ALL.iter().position(|x| *x == m))
+        .unwrap_or(Mechanism::ALL.len())
+}
+
+/// Upper bounds of the routing latency buckets, in seconds: 25 µs to 1 s, so both the 20 µs
+/// budget of DESIGN.md §8 and a stuck storage call are visible.
+pub const ROUTING_BUCKETS: [f64; 12] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+
+/// A latency histogram with fixed buckets, in atomics. Bucket `i` counts observations no larger
+/// than `ROUTING_BUCKETS[i]` and larger than the previous bound; the last slot is `+Inf`.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; ROUTING_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A point-in-time copy of a [`LatencyHistogram`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, observations in this bucket only)`, ending with `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = ROUTING_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(ROUTING_BUCKETS.len());
+        if let Some(bucket) = self.buckets.get(slot) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values. Reads are not atomic as a whole; a scrape racing an observation may
+    /// see the count one off from the buckets, which Prometheus tolerates.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let buckets = ROUTING_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        // Nanoseconds to seconds: the precision lost in the cast is far below a bucket width.
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        HistogramSnapshot {
+            buckets,
+            sum,
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The node's counters. One per [`crate::Server`], reached through `Server::counters`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    stanzas_routed: [AtomicU64; 3],
+    auth_success: [AtomicU64; MECHANISMS],
+    auth_failure: [AtomicU64; MECHANISMS],
+    sessions: [AtomicI64; 3],
+    routing: LatencyHistogram,
+}
+
+impl Counters {
+    /// Counts one stanza entering the router.
+    pub fn stanza_routed(&self, kind: Kind) {
+        if let Some(c) = self.stanzas_routed.get(kind_index(kind)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stanzas routed so far of `kind`.
+    pub fn stanzas_routed(&self, kind: Kind) -> u64 {
+        self.stanzas_routed
+            .get(kind_index(kind))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts one SASL outcome. Aborts are not attempts and should not be counted.
+    pub fn auth(&self, mechanism: AuthMechanism, success: bool) {
+        let table = if success {
+            &self.auth_success
+        } else {
+            &self.auth_failure
+        };
+        if let Some(c) = table.get(mechanism_index(mechanism)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Authentications so far with `mechanism` that succeeded (`success`) or failed.
+    pub fn auths(&self, mechanism: AuthMechanism, success: bool) -> u64 {
+        let table = if success {
+            &self.auth_success
+        } else {
+            &self.auth_failure
+        };
+        table
+            .get(mechanism_index(mechanism))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts a bound session of `transport` until the returned guard is dropped, so a session
+    /// that ends by any path (error, panic unwinding its task) is uncounted.
+    pub fn session_opened(self: &Arc<Self>, transport: Transport) -> SessionGauge {
+        if let Some(g) = self.sessions.get(transport.index()) {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+        SessionGauge {
+            counters: self.clone(),
+            transport,
+        }
+    }
+
+    /// Sessions currently bound over `transport`.
+    pub fn sessions(&self, transport: Transport) -> i64 {
+        self.sessions
+            .get(transport.index())
+            .map_or(0, |g| g.load(Ordering::Relaxed))
+    }
+
+    /// The routing latency histogram (time to route one stanza received from a connection).
+    pub fn routing(&self) -> &LatencyHistogram {
+        &self.routing
+    }
+}
+
+/// Keeps one session counted in [`Counters::sessions`] while alive.
+#[derive(Debug)]
+pub struct SessionGauge {
+    counters: Arc<Counters>,
+    transport: Transport,
+}
+
+impl SessionGauge {
+    /// Moves the session to another transport's count (a resumption over a different
+    /// transport, XEP-0198).
+    pub fn set_transport(&mut self, transport: Transport) {
+        if transport == self.transport {
+            return;
+        }
+        if let Some(g) = self.counters.sessions.get(self.transport.index()) {
+            g.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(g) = self.counters.sessions.get(transport.index()) {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+        self.transport = transport;
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        if let Some(g) = self.counters.sessions.get(self.transport.index()) {
+            g.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanzas_and_auth_are_counted_per_label() {
+        let c = Counters::default();
+        c.stanza_routed(Kind::Message);
+        c.stanza_routed(Kind::Message);
+        c.stanza_routed(Kind::Iq);
+        assert_eq!(c.stanzas_routed(Kind::Message), 2);
+        assert_eq!(c.stanzas_routed(Kind::Presence), 0);
+        assert_eq!(c.stanzas_routed(Kind::Iq), 1);
+
+        c.auth(Some(Mechanism::Plain), true);
+        c.auth(Some(Mechanism::ScramSha256), false);
+        c.auth(None, false);
+        assert_eq!(c.auths(Some(Mechanism::Plain), true), 1);
+        assert_eq!(c.auths(Some(Mechanism::Plain), false), 0);
+        assert_eq!(c.auths(Some(Mechanism::ScramSha256), false), 1);
+        assert_eq!(c.auths(None, false), 1);
+        assert_eq!(mechanisms().count(), MECHANISMS);
+        assert_eq!(mechanism_label(None), "other");
+        assert_eq!(mechanism_label(Some(Mechanism::Plain)), "PLAIN");
+    }
+
+    #[test]
+    fn session_gauge_follows_the_guard() {
+        let c = Arc::new(Counters::default());
+        let a = c.session_opened(Transport::Tcp);
+        let mut b = c.session_opened(Transport::Tcp);
+        assert_eq!(c.sessions(Transport::Tcp), 2);
+        b.set_transport(Transport::WebSocket);
+        assert_eq!(c.sessions(Transport::Tcp), 1);
+        assert_eq!(c.sessions(Transport::WebSocket), 1);
+        drop(a);
+        drop(b);
+        for t in Transport::ALL {
+            assert_eq!(c.sessions(t), 0, "{}", t.label());
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_sum_and_count() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(10));
+        h.observe(Duration::from_micros(25));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(5));
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert_eq!(s.buckets.len(), ROUTING_BUCKETS.len() + 1);
+        assert_eq!(s.buckets.first(), Some(&(0.000_025, 2)));
+        assert_eq!(s.buckets.get(7), Some(&(0.005, 1)));
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(s.buckets.iter().map(|(_, n)| n).sum::<u64>(), 4);
+        assert!((s.sum - 5.003_035).abs() < 1e-9, "{}", s.sum);
+    }
+}
