@@ -467,3 +467,47 @@ async fn persistent_room_survives_restart() {
     assert_eq!(stored, None);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn lost_connection_leaves_and_default_persistent_rooms_are_stored() {
+    let node = TestNode::start_with_modules(
+        "mod_muc: {default_room_options: {persistent: true, mam: true}}",
+        "",
+    )
+    .await
+    .expect("node starts");
+    for user in ["alice", "bob"] {
+        node.register(user, "secret").await.unwrap();
+    }
+    let mut alice = login(&node, "alice").await;
+    let mut bob = login(&node, "bob").await;
+    join(&mut alice, "Alice", "").await;
+    join(&mut bob, "Bob", "").await;
+    // Persistent by default: stored at creation, before any configuration.
+    let stored = node
+        .server
+        .stores()
+        .muc_room("conference.localhost", "tea")
+        .await
+        .unwrap()
+        .expect("stored room");
+    assert!(
+        stored
+            .affiliations
+            .iter()
+            .any(|(j, a, _)| j == "alice@localhost" && a == "owner")
+    );
+    // Bob's connection drops without a goodbye: the server's unavailable presence (to his
+    // directed-presence recipients) takes him out of the room.
+    drop(bob);
+    let gone = alice
+        .wait_for(|e| {
+            e.name() == "presence"
+                && e.attr("type") == Some("unavailable")
+                && e.attr("from") == Some(&format!("{ROOM}/Bob"))
+        })
+        .await
+        .unwrap();
+    assert!(codes(&gone).is_empty());
+    node.stop().await;
+}

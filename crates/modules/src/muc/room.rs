@@ -291,6 +291,11 @@ impl Room {
         &self.subject
     }
 
+    /// True for a room created by a join and not configured yet (XEP-0045 §10.1).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// True when nobody is in the room.
     pub fn is_empty(&self) -> bool {
         self.occupants.is_empty()

@@ -242,13 +242,16 @@ impl MucService {
             && stanza.type_attr().is_none()
             && stanza.to().resource().is_some();
         if !is_join {
-            reply_error(
-                server,
-                stanza,
-                StanzaErrorCondition::ItemNotFound,
-                "no such room",
-            )
-            .await;
+            // Presence that is not a join (a late unavailable, an error) needs no answer.
+            if stanza.kind() != Kind::Presence {
+                reply_error(
+                    server,
+                    stanza,
+                    StanzaErrorCondition::ItemNotFound,
+                    "no such room",
+                )
+                .await;
+            }
             return None;
         }
         if !self.allowed(server, &self.opts.access_create, stanza.from()) {
@@ -581,6 +584,9 @@ async fn run_room(
     summary: Arc<Mutex<Summary>>,
 ) {
     let name = room.jid().node().unwrap_or_default().to_owned();
+    // Whether the store holds this room, so that only a change of persistence touches it.
+    // A room created by a join is not stored yet, even if persistent by default.
+    let mut stored = room.config().persistent && !room.is_fresh();
     loop {
         let Some(msg) = rx.recv().await else { break };
         let fx = match msg {
@@ -601,16 +607,21 @@ async fn run_room(
             {
                 tracing::error!(room = %room.jid(), error = %e, "cannot delete room");
             }
-        } else if fx.persist && room.config().persistent {
-            if let Err(e) = server.stores().put_muc_room(&room.to_stored()).await {
-                tracing::error!(room = %room.jid(), error = %e, "cannot store room");
+        } else if room.config().persistent && (fx.persist || !stored) {
+            match server.stores().put_muc_room(&room.to_stored()).await {
+                Ok(()) => stored = true,
+                Err(e) => tracing::error!(room = %room.jid(), error = %e, "cannot store room"),
             }
-        } else if fx.persist {
+        } else if !room.config().persistent && stored {
             // Made temporary: it no longer survives a restart.
-            let _ = server
+            match server
                 .stores()
                 .delete_muc_room(service.domain(), &name)
-                .await;
+                .await
+            {
+                Ok(_) => stored = false,
+                Err(e) => tracing::error!(room = %room.jid(), error = %e, "cannot delete room"),
+            }
         }
         for stanza in fx.out {
             server.route(stanza).await;
