@@ -82,8 +82,10 @@ per_backend! {
                     .await
                     .map_err(backend)?;
                 let mut rooms: Vec<StoredRoom> = rows.into_iter().map(|r| room_of(service, r)).collect();
+                // Sorted here, by bytes: the database's collation (PostgreSQL's may not be C)
+                // must not decide whether the binary search below finds a room.
+                rooms.sort_by(|a, b| a.name.cmp(&b.name));
                 for (name, jid, affiliation, reason) in affiliations {
-                    // Both lists are sorted by name: a binary search finds the room.
                     if let Ok(i) = rooms.binary_search_by(|r| r.name.as_str().cmp(name.as_str()))
                         && let Some(room) = rooms.get_mut(i)
                     {
