@@ -4,11 +4,17 @@
 //! [`cookie`] is the shared secret (ejabberd's `.erlang.cookie`), [`wire`] the framing
 //! (preamble with protocol versions, length-prefixed postcard messages, bounded), and
 //! [`handshake`] the mutual authentication that proves both sides hold the cookie without it
-//! ever crossing the wire. The tasks that run links, the replicated tables and forwarding build
-//! on these.
+//! ever crossing the wire. [`membership`] (members, tombstones, link tie-break, back-off) and
+//! [`placement`] (rendezvous hashing) are the other sans-I/O parts; [`mesh`] is the I/O shell:
+//! link tasks, the replicated session table, forwarding and node loss.
 
 #![forbid(unsafe_code)]
 
 pub mod cookie;
 pub mod handshake;
+pub mod membership;
+pub mod mesh;
+pub mod placement;
 pub mod wire;
+
+pub use mesh::{Cluster, ClusterError, ClusterSettings};

@@ -105,6 +105,70 @@ pub enum Message {
     Heartbeat,
     /// The sender stops on purpose: purge its entries now.
     Goodbye,
+    /// Membership gossip: members the sender knows (name, cluster address) and removed names.
+    /// Receivers add what they lack, dial new members and drop removed ones.
+    MemberUpdate {
+        /// Live members, the sender included.
+        members: Vec<(String, String)>,
+        /// Names removed with `leave_cluster`.
+        removed: Vec<String>,
+    },
+    /// Every session the sender owns, sent once when a link comes up; replaces what the
+    /// receiver held for the sender.
+    Snapshot(Vec<SessionRecord>),
+    /// One of the sender's sessions was bound or changed.
+    SessionUp(SessionRecord),
+    /// One of the sender's sessions was unbound.
+    SessionDown {
+        /// Full JID.
+        jid: String,
+        /// Session id on the sender.
+        id: u64,
+    },
+    /// A stanza for a session the receiver owns; it delivers it to that session's inbox.
+    Deliver {
+        /// Session id on the receiver.
+        id: u64,
+        /// The serialised stanza (namespace declared), parsed once on arrival.
+        stanza: Vec<u8>,
+    },
+    /// Close one of the receiver's sessions with a stream error (conflict, kick, removal).
+    Close {
+        /// Full JID.
+        jid: String,
+        /// Session id on the receiver.
+        id: u64,
+        /// Stream error condition name (RFC 6120 §4.9.3).
+        condition: String,
+        /// Optional text.
+        text: Option<String>,
+    },
+    /// The receiver was removed from the cluster with `leave_cluster`: it forgets its members
+    /// and stops.
+    Leave,
+    /// Heartbeat with a timestamp (µs, sender's clock) that the peer echoes in [`Message::Pong`].
+    Ping(u64),
+    /// Echo of a [`Message::Ping`], giving the round-trip time.
+    Pong(u64),
+}
+
+/// A replicated session-table entry (DESIGN.md §7.2 `sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Full JID.
+    pub jid: String,
+    /// Session id on its owner.
+    pub id: u64,
+    /// Presence priority.
+    pub priority: i8,
+    /// Available (initial presence sent).
+    pub available: bool,
+    /// Receives roster pushes.
+    pub interested: bool,
+    /// Last available presence, serialised, to answer probes.
+    pub presence: Option<String>,
+    /// Bind time, µs since the Unix epoch (the older duplicate gets `<conflict/>`).
+    pub bound_at: i64,
 }
 
 /// The 8-byte preamble for the versions this build speaks.
@@ -208,6 +272,36 @@ mod tests {
             }),
             Message::Heartbeat,
             Message::Goodbye,
+            Message::MemberUpdate {
+                members: vec![("starling@a".into(), "127.0.0.1:1".into())],
+                removed: vec!["starling@z".into()],
+            },
+            Message::Snapshot(vec![SessionRecord {
+                jid: "u@example.org/r".into(),
+                id: 4,
+                priority: -1,
+                available: true,
+                interested: false,
+                presence: Some("<presence xmlns='jabber:client'/>".into()),
+                bound_at: 17,
+            }]),
+            Message::SessionDown {
+                jid: "u@example.org/r".into(),
+                id: 4,
+            },
+            Message::Deliver {
+                id: 4,
+                stanza: b"<message/>".to_vec(),
+            },
+            Message::Close {
+                jid: "u@example.org/r".into(),
+                id: 4,
+                condition: "conflict".into(),
+                text: None,
+            },
+            Message::Leave,
+            Message::Ping(9),
+            Message::Pong(9),
         ];
         let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
         let mut d = FrameDecoder::new();
@@ -219,6 +313,16 @@ mod tests {
             }
         }
         assert_eq!(out, messages);
+    }
+
+    #[test]
+    fn variant_tags_are_stable() {
+        // Appending keeps earlier tags: a rolling upgrade depends on it (postcard tags variants
+        // by index).
+        assert_eq!(encode(&Message::Heartbeat)[4], 3);
+        assert_eq!(encode(&Message::Goodbye)[4], 4);
+        assert_eq!(encode(&Message::Leave)[4], 11);
+        assert_eq!(encode(&Message::Pong(0))[4], 13);
     }
 
     #[test]

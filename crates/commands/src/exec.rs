@@ -78,6 +78,9 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
         "change_password" => {
             change_password(server, arg(args, 0), arg(args, 1), arg(args, 2)).await
         }
+        "join_cluster" => join_cluster(server, arg(args, 0)).await,
+        "leave_cluster" => leave_cluster(server, arg(args, 0)).await,
+        "cluster_status" | "list_cluster" => cluster_status(server),
         "check_account" => check_account(server, arg(args, 0), arg(args, 1)).await,
         "registered_users" => registered_users(server, arg(args, 0)).await,
         "connected_users" => Ok(connected_users(server)),
@@ -150,7 +153,7 @@ async fn status(server: &Server) -> Outcome {
              Uptime: {}; sessions: {}",
             env!("CARGO_PKG_VERSION"),
             format_uptime(server.uptime()),
-            server.sm().count(),
+            server.sm().count_local(),
         ))),
         NodeState::Stopping => Err(Failure::new(
             ErrorKind::Failed,
@@ -311,7 +314,7 @@ async fn muc_command(server: &Server, spec: &CommandSpec, args: &[String]) -> Ou
         return Ok(Output::List(all));
     }
     let mut request_args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if spec.name != "muc_online_rooms" && !request_args.is_empty() {
+    if spec.name != "muc_online_rooms" && request_args.len() > 1 {
         // The service is the request's address, not an argument.
         request_args.remove(1);
     }
@@ -479,6 +482,56 @@ fn format_uptime(d: Duration) -> String {
     } else {
         format!("{seconds}s")
     }
+}
+
+fn no_cluster() -> Failure {
+    Failure::new(
+        ErrorKind::Failed,
+        "this node is not clustered: add a cluster section (node_name, listen) to its \
+         configuration, use PostgreSQL (sql_type: pgsql), and restart it",
+    )
+}
+
+/// `join_cluster NODE`: NODE is the member's cluster address (`host:port`); the ejabberd-style
+/// `name@host:port` is accepted and its name part ignored, since a name alone cannot be dialled.
+async fn join_cluster(server: &Arc<Server>, node: &str) -> Outcome {
+    let cluster = server.sm().cluster().ok_or_else(no_cluster)?;
+    let address = node.rsplit_once('@').map_or(node, |(_, addr)| addr);
+    match cluster.join(address).await {
+        Ok(members) => Ok(Output::List(members)),
+        Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
+    }
+}
+
+async fn leave_cluster(server: &Arc<Server>, node: &str) -> Outcome {
+    let cluster = server.sm().cluster().ok_or_else(no_cluster)?;
+    cluster
+        .leave(node)
+        .await
+        .map(|()| Output::Nothing)
+        .map_err(|message| Failure::new(ErrorKind::Failed, message))
+}
+
+fn cluster_status(server: &Arc<Server>) -> Outcome {
+    let cluster = server.sm().cluster().ok_or_else(no_cluster)?;
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    Ok(Output::List(
+        cluster
+            .status()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    m.name,
+                    m.address,
+                    if m.up { "up" } else { "down" },
+                    m.sessions,
+                    opt(m.last_seen_ms),
+                    opt(m.rtt_us),
+                )
+            })
+            .collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -280,6 +280,47 @@ pub const COMMANDS: &[CommandSpec] = &[
         example: "set_room_affiliation lobby conference.example.org bob@example.org member",
     },
     CommandSpec {
+        name: "join_cluster",
+        args: &[ArgSpec::required(
+            "node",
+            ArgKind::String,
+            "Cluster address (host:port of its cluster.listen) of any member, \
+             optionally as name@host:port",
+        )],
+        result: ResultKind::List,
+        doc: "Join the cluster of the node at that address: the link is authenticated with \
+              the cookie, hosts and database are compared, then this node links to every \
+              member. Returns the members once all are linked; refusals name both values.",
+        example: "join_cluster 10.0.0.1:5370",
+    },
+    CommandSpec {
+        name: "leave_cluster",
+        args: &[ArgSpec::required(
+            "node",
+            ArgKind::String,
+            "Node name, e.g. starling@n2",
+        )],
+        result: ResultKind::Nothing,
+        doc: "Remove a node from the cluster for good: every member forgets it and refuses \
+              its links, and the node stops if it is running.",
+        example: "leave_cluster starling@n2",
+    },
+    CommandSpec {
+        name: "cluster_status",
+        args: &[],
+        result: ResultKind::List,
+        doc: "List the cluster's members, this node first: name, address, up or down, \
+              sessions, milliseconds since the last frame and the round trip in microseconds.",
+        example: "cluster_status",
+    },
+    CommandSpec {
+        name: "list_cluster",
+        args: &[],
+        result: ResultKind::List,
+        doc: "Same as cluster_status.",
+        example: "list_cluster",
+    },
+    CommandSpec {
         name: "help",
         args: &[ArgSpec::optional(
             "command",

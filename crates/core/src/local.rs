@@ -16,7 +16,7 @@ use crate::module::IqTarget;
 use crate::presence;
 use crate::router::{bounce, bounce_with, route as route_any};
 use crate::server::Server;
-use crate::sm::SessionEntry;
+use crate::sm::{SessionEntry, SessionId};
 
 /// Routes a stanza addressed to one of our hosts.
 pub async fn route(server: &Server, stanza: Stanza) {
@@ -111,6 +111,22 @@ async fn deliver_to_full(server: &Server, session: &SessionEntry, stanza: Stanza
         }
     }
     session.deliver(Arc::new(stanza));
+}
+
+/// A stanza another node forwarded to session `id` bound here (the mesh's `Deliver`); its
+/// `to` may be the bare JID (presence broadcasts, messages to the account). The sending node
+/// already ran the account-level hooks and chose this session; if the session is gone
+/// meanwhile, messages and IQs follow the RFC 6121 §8.5.3.2 rules for a missing resource and
+/// presence is dropped (DESIGN.md §7.4), never processed for the account a second time.
+pub async fn deliver_forwarded(server: &Server, stanza: Stanza, id: SessionId) {
+    let bare = stanza.to().to_bare();
+    match server.sm().get_local_by_id(&bare, id) {
+        Some(session) => {
+            session.deliver(Arc::new(stanza));
+        }
+        None if stanza.kind() == Kind::Presence => {}
+        None => no_such_resource(server, stanza, bare).await,
+    }
 }
 
 /// §8.5.3.2: a full JID with no such session.

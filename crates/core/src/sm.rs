@@ -594,6 +594,15 @@ impl SessionManager {
             .cloned()
     }
 
+    /// The session `id` of `user` bound on this node (a forwarded stanza's target).
+    pub fn get_local_by_id(&self, user: &BareJid, id: SessionId) -> Option<SessionEntry> {
+        self.sessions
+            .get(user)?
+            .iter()
+            .find(|e| e.id == id && e.is_local())
+            .cloned()
+    }
+
     /// Number of sessions bound on this node.
     pub fn count_local(&self) -> usize {
         self.sessions
@@ -799,6 +808,138 @@ mod tests {
         assert!(sm.resumable("smid1").is_some());
         sm.forget_resumable("smid1", id);
         assert!(sm.resumable("smid1").is_none());
+    }
+
+    /// A cluster that records what the directory reports and forwards.
+    #[derive(Default)]
+    struct FakeCluster {
+        changes: Mutex<Vec<DirectoryChange>>,
+        delivered: Mutex<Vec<(String, SessionId)>>,
+        closed: Mutex<Vec<(String, SessionId)>>,
+    }
+
+    impl ClusterView for FakeCluster {
+        fn node_name(&self) -> &str {
+            "n1"
+        }
+        fn changed(&self, change: DirectoryChange) {
+            self.changes.lock().unwrap().push(change);
+        }
+        fn deliver(&self, node: &str, _to: &FullJid, id: SessionId, _s: Arc<Stanza>) -> bool {
+            self.delivered.lock().unwrap().push((node.to_owned(), id));
+            true
+        }
+        fn close(&self, node: &str, _jid: &FullJid, id: SessionId, _e: &StreamError) {
+            self.closed.lock().unwrap().push((node.to_owned(), id));
+        }
+        fn status(&self) -> Vec<MemberStatus> {
+            Vec::new()
+        }
+        fn join<'a>(&'a self, _: &'a str) -> crate::BoxFuture<'a, Result<Vec<String>, String>> {
+            Box::pin(async { Err(String::new()) })
+        }
+        fn leave<'a>(&'a self, _: &'a str) -> crate::BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn remote(jid: &str, id: SessionId, bound_at: i64) -> RemoteSession {
+        RemoteSession {
+            jid: full(jid),
+            id,
+            priority: 1,
+            available: true,
+            interested: false,
+            presence: None,
+            bound_at,
+        }
+    }
+
+    fn stanza() -> Arc<Stanza> {
+        let el: Element = "<message xmlns='jabber:client' from='b@x/r' to='u@x/a'/>"
+            .parse()
+            .unwrap();
+        Arc::new(Stanza::from_element(el).unwrap())
+    }
+
+    #[test]
+    fn local_changes_are_reported_in_order_and_remote_ones_are_not() {
+        let sm = SessionManager::new(4);
+        let fake = Arc::new(FakeCluster::default());
+        sm.set_cluster(fake.clone());
+        let view: Arc<dyn ClusterView> = fake.clone();
+        let (id, _ch) = sm.bind(full("u@x/a"), None).unwrap();
+        sm.update(&full("u@x/a"), id, |e| e.available = true);
+        sm.apply_remote("n2", &view, remote("u@x/b", 7, 1));
+        sm.remove_remote("n2", &full("u@x/b"), 7);
+        sm.unbind(&full("u@x/a"), id);
+        let changes = fake.changes.lock().unwrap().clone();
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(matches!(&changes[0], DirectoryChange::Upsert(s) if !s.available));
+        assert!(matches!(&changes[1], DirectoryChange::Upsert(s) if s.available));
+        assert!(matches!(&changes[2], DirectoryChange::Remove { id: i, .. } if *i == id));
+    }
+
+    #[test]
+    fn remote_entries_route_through_the_cluster_and_purge_with_their_node() {
+        let sm = SessionManager::new(4);
+        let fake = Arc::new(FakeCluster::default());
+        sm.set_cluster(fake.clone());
+        let view: Arc<dyn ClusterView> = fake.clone();
+        let (_id, _ch) = sm.bind(full("u@x/here"), None).unwrap();
+        sm.apply_remote("n2", &view, remote("u@x/there", 9, 1));
+        sm.apply_remote("n3", &view, remote("v@x/r", 9, 1));
+        let user = BareJid::parse("u@x").unwrap();
+        let targets = sm.message_targets(&user);
+        assert_eq!(targets.len(), 1, "only the available remote one");
+        assert_eq!(targets[0].node(), Some("n2"));
+        assert!(targets[0].deliver(stanza()));
+        assert_eq!(*fake.delivered.lock().unwrap(), vec![("n2".to_owned(), 9)]);
+        // The owner's update replaces the entry; ids of different nodes never mix.
+        let mut changed = remote("u@x/there", 9, 1);
+        changed.available = false;
+        sm.apply_remote("n2", &view, changed);
+        assert!(sm.message_targets(&user).is_empty());
+        assert_eq!(sm.count(), 3);
+        assert_eq!(sm.count_local(), 1);
+        assert_eq!(sm.count_of_node("n2"), 1);
+        // Shutdown closes only our sessions.
+        sm.close_all(&StreamError::new(StreamErrorCondition::SystemShutdown));
+        assert!(fake.closed.lock().unwrap().is_empty());
+        let gone = sm.purge_node("n2");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(sm.count(), 2);
+        // A snapshot replaces everything the node had.
+        sm.replace_node("n3", &view, vec![remote("w@x/r", 1, 1)]);
+        assert!(sm.get(&full("v@x/r")).is_none());
+        assert!(sm.get(&full("w@x/r")).is_some());
+    }
+
+    #[test]
+    fn duplicate_full_jid_keeps_the_newer_session() {
+        let sm = SessionManager::new(4);
+        let fake = Arc::new(FakeCluster::default());
+        sm.set_cluster(fake.clone());
+        let view: Arc<dyn ClusterView> = fake.clone();
+        // A newer remote session replaces our older one, which gets <conflict/>.
+        let (_id, ch) = sm.bind(full("u@x/r"), None).unwrap();
+        let ours = sm.get(&full("u@x/r")).unwrap();
+        sm.apply_remote("n2", &view, remote("u@x/r", 5, ours.bound_at + 10));
+        let err = ch.close.borrow().clone().unwrap();
+        assert_eq!(err.condition, StreamErrorCondition::Conflict);
+        assert_eq!(sm.get(&full("u@x/r")).unwrap().node(), Some("n2"));
+        // An older remote one is ignored (its owner closes it when it sees ours).
+        let (_id, ch) = sm.bind(full("u@x/s"), None).unwrap();
+        sm.apply_remote("n2", &view, remote("u@x/s", 6, 1));
+        assert!(ch.close.borrow().is_none());
+        assert!(sm.get(&full("u@x/s")).unwrap().is_local());
+        // Binding over a remote entry asks its owner to close it, and is newer whatever the
+        // clocks say.
+        sm.apply_remote("n3", &view, remote("u@x/t", 8, i64::MAX - 5));
+        sm.bind(full("u@x/t"), None).unwrap();
+        assert_eq!(*fake.closed.lock().unwrap(), vec![("n3".to_owned(), 8)]);
+        let mine = sm.get(&full("u@x/t")).unwrap();
+        assert!(mine.is_local() && mine.bound_at > i64::MAX - 5);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Node {
     pub s2s: Vec<(SocketAddr, ListenerModule)>,
     /// The control socket path.
     pub control_socket: PathBuf,
+    /// The cluster member, when `cluster` is configured.
+    pub cluster: Option<starling_cluster::Cluster>,
     /// Closes the HTTP listeners once sessions have drained: until then `/health` answers
     /// `draining`, so load balancers see the node leave instead of a refused connection.
     http_stop: watch::Sender<bool>,
@@ -94,8 +96,13 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
     let negotiation_timeout = config.negotiation_timeout;
     let listeners = config.listen.clone();
     let hosts = config.hosts.clone();
+    let cluster_config = config.cluster.clone();
     let server = Server::new(config, store, catalogue)
         .map_err(|e| anyhow::anyhow!("cannot start modules: {e}"))?;
+    let cluster = match cluster_config {
+        Some(c) => Some(start_cluster(&server, &c, &data_dir).await?),
+        None => None,
+    };
 
     let s2s = start_s2s(&server).context("cannot start the s2s manager")?;
     let mut s2s_addrs = Vec::new();
@@ -213,8 +220,29 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
         http,
         metrics,
         control_socket,
+        cluster,
         http_stop,
     })
+}
+
+/// Joins the mesh: cookie at `data_dir/cookie` (created on first start), members from
+/// `data_dir/members.json`, listener on `cluster.listen`.
+async fn start_cluster(
+    server: &Arc<Server>,
+    config: &starling_config::ClusterConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<starling_cluster::Cluster> {
+    let cookie = starling_cluster::cookie::Cookie::load_or_create(&data_dir.join("cookie"))
+        .context("cannot read the cluster cookie")?;
+    let settings = starling_cluster::ClusterSettings {
+        node_name: config.node_name.clone(),
+        listen: config.listen,
+        data_dir: data_dir.to_owned(),
+        cookie,
+    };
+    starling_cluster::Cluster::start(server, settings)
+        .await
+        .context("cannot start clustering")
 }
 
 /// Builds the s2s manager from the `s2s_*` options and attaches it as the remote router.
@@ -277,7 +305,7 @@ impl Node {
     async fn drain(self) {
         // Give sessions a moment to send `<system-shutdown/>` and their unavailable presence.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.server.sm().count() > 0 && tokio::time::Instant::now() < deadline {
+        while self.server.sm().count_local() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.http_stop.send_replace(true);

@@ -1,0 +1,1115 @@
+//! The mesh: link tasks over TCP, the replicated session table, forwarding and node loss
+//! (DESIGN.md §7). This is the I/O shell around [`crate::handshake`], [`crate::membership`],
+//! [`crate::placement`] and [`crate::wire`]; decisions live there.
+//!
+//! - **Links.** Every member is dialled by a task that re-dials forever with a 1-10 s
+//!   back-off while the link is down; the listener accepts dials. A link is the preamble, the
+//!   handshake, then frames in both directions from one task per link, so one link is one FIFO:
+//!   stanzas from one sender to one recipient stay in order. Each side pings every second
+//!   ([`HEARTBEAT`]); a link with no frame for [`HEARTBEAT_TIMEOUT`], or EOF/RST, is down. A
+//!   link whose outgoing queue is full is taken down too (the peer does not keep up).
+//! - **Tables.** On link-up each side sends a snapshot of the sessions it owns, then one
+//!   message per change, queued under the session manager's change lock so that a snapshot is
+//!   never newer than a delta queued before it. Received entries become remote entries in the
+//!   core's directory, where routing finds them.
+//! - **Loss.** When a link goes down the peer's entries are purged at once, and for each lost
+//!   user whose bare JID this node wins (rendezvous over the members still up), contacts get
+//!   unavailable presence as if the session had closed.
+//!
+//! Bound: a killed process closes its sockets, so peers see EOF within milliseconds; a
+//! silent peer (power loss, partition) is declared down after [`HEARTBEAT_TIMEOUT`] (3 s).
+//! Its sessions leave every table at that moment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use starling_core::Server;
+use starling_core::presence::{PresenceState, session_closed};
+use starling_core::sm::{ClusterView, DirectoryChange, MemberStatus, RemoteSession, SessionId};
+use starling_xmpp::Element;
+use starling_xmpp::error::{StreamError, StreamErrorCondition};
+use starling_xmpp::jid::FullJid;
+use starling_xmpp::stanza::Stanza;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::cookie::Cookie;
+use crate::handshake::{Handshake, HandshakeError, Role, Step};
+use crate::membership::{Membership, backoff, new_link_wins};
+use crate::placement;
+use crate::wire::{self, FrameDecoder, Hello, Message, Refusal, SessionRecord};
+
+/// Interval between pings on an idle or busy link.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A link with no frame for this long is down.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline for connecting, the preamble and the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued per link before it is declared saturated and taken down.
+const LINK_QUEUE: usize = 16_384;
+/// How long `join_cluster` waits for every member to be linked.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a node needs to take part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This node's name (`cluster.node_name`).
+    pub node_name: String,
+    /// Where the cluster listener binds (`cluster.listen`; port 0 picks one).
+    pub listen: SocketAddr,
+    /// The data directory (`members.json` lives there).
+    pub data_dir: PathBuf,
+    /// The shared secret (`data_dir/cookie`).
+    pub cookie: Cookie,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The listener could not bind.
+    #[error("cannot listen for cluster links on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `members.json` is unusable.
+    #[error(transparent)]
+    Membership(#[from] crate::membership::MembershipError),
+}
+
+/// A running cluster member; dropping it does not stop it (see [`Cluster::abort`]).
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: Weak<Server>,
+    this: Weak<Self>,
+    name: String,
+    address: String,
+    incarnation: u64,
+    hosts: Vec<String>,
+    db_id: String,
+    cookie: Cookie,
+    members_path: PathBuf,
+    membership: Mutex<Membership>,
+    links: DashMap<String, LinkHandle>,
+    dialers: DashMap<String, ()>,
+    next_link: AtomicU64,
+    /// Bumped on every link or membership change (what `join_cluster` waits on).
+    epoch: watch::Sender<u64>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    stopping: AtomicBool,
+}
+
+#[derive(Clone)]
+struct LinkHandle {
+    id: u64,
+    role: Role,
+    address: String,
+    tx: mpsc::Sender<Vec<u8>>,
+    kill: Arc<Notify>,
+    stats: Arc<LinkStats>,
+}
+
+struct LinkStats {
+    started: Instant,
+    /// Milliseconds after `started` of the last frame received.
+    last_seen_ms: AtomicU64,
+    rtt_us: AtomicU64,
+    /// The peer sent its member list (join waits for it).
+    gossiped: AtomicBool,
+}
+
+impl LinkStats {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(u64::MAX),
+            gossiped: AtomicBool::new(false),
+        }
+    }
+
+    fn seen(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// An authenticated connection, not yet registered as the link to its peer.
+struct Established {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    peer: Hello,
+    role: Role,
+}
+
+impl Cluster {
+    /// Binds the cluster listener, attaches the cluster to `server`'s session manager and
+    /// starts dialling the members in `data_dir/members.json`.
+    pub async fn start(
+        server: &Arc<Server>,
+        settings: ClusterSettings,
+    ) -> Result<Self, ClusterError> {
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| ClusterError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ClusterError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let members_path = settings.data_dir.join("members.json");
+        let membership = Membership::load(&members_path)?;
+        let mut hosts = server.hosts();
+        hosts.sort();
+        let (epoch, _) = watch::channel(0);
+        let inner = Arc::new_cyclic(|this| Inner {
+            server: Arc::downgrade(server),
+            this: this.clone(),
+            name: settings.node_name,
+            address: bound.to_string(),
+            incarnation: rand::random(),
+            hosts,
+            db_id: server.stores().db_identity(),
+            cookie: settings.cookie,
+            members_path,
+            membership: Mutex::new(membership),
+            links: DashMap::new(),
+            dialers: DashMap::new(),
+            next_link: AtomicU64::new(1),
+            epoch,
+            tasks: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        });
+        server.sm().set_cluster(inner.clone());
+        tracing::info!(node = %inner.name, addr = %bound, "cluster listener started");
+        let accept = tokio::spawn(inner.clone().accept_loop(listener));
+        inner.track(accept.abort_handle());
+        let watcher = tokio::spawn(inner.clone().watch_shutdown(server.state_changes()));
+        inner.track(watcher.abort_handle());
+        let members: Vec<String> = inner.membership().members().keys().cloned().collect();
+        for name in members {
+            inner.ensure_dialer(&name);
+        }
+        Ok(Self { inner })
+    }
+
+    /// The cluster listener's address.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Every member with its state, this node first.
+    pub fn status(&self) -> Vec<MemberStatus> {
+        self.inner.status()
+    }
+
+    /// `join_cluster`: see [`ClusterView::join`].
+    pub async fn join(&self, address: &str) -> Result<Vec<String>, String> {
+        self.inner.join(address).await
+    }
+
+    /// `leave_cluster`: see [`ClusterView::leave`].
+    pub async fn leave(&self, node: &str) -> Result<(), String> {
+        self.inner.leave(node).await
+    }
+
+    /// Stops every cluster task at once without telling peers, as a crash would (tests).
+    pub fn abort(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let tasks = std::mem::take(&mut *self.inner.lock_tasks());
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.links.clear();
+    }
+}
+
+impl Inner {
+    fn server(&self) -> Option<Arc<Server>> {
+        self.server.upgrade()
+    }
+
+    fn me(&self) -> Option<Arc<Self>> {
+        self.this.upgrade()
+    }
+
+    fn view(&self) -> Option<Arc<dyn ClusterView>> {
+        self.me().map(|m| m as Arc<dyn ClusterView>)
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        // Membership is replaced as a whole by each change; a panic cannot leave it torn.
+        self.membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn track(&self, handle: AbortHandle) {
+        let mut tasks = self.lock_tasks();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
+    fn bump(&self) {
+        self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    fn save_membership(&self, m: &Membership) {
+        if let Err(e) = m.save(&self.members_path) {
+            tracing::error!(error = %e, "cannot persist the cluster member list");
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            node: self.name.clone(),
+            incarnation: self.incarnation,
+            nonce: rand::random(),
+            hosts: self.hosts.clone(),
+            db_id: self.db_id.clone(),
+            listen: self.address.clone(),
+        }
+    }
+
+    /// Queues an encoded frame on a link; a full queue takes the link down.
+    fn send_on(&self, link: &LinkHandle, frame: Vec<u8>) -> bool {
+        match link.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(node = %self.name, "cluster link queue full; taking the link down");
+                link.kill.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn broadcast(&self, message: &Message) {
+        let frame = wire::encode(message);
+        for link in &self.links {
+            self.send_on(link.value(), frame.clone());
+        }
+    }
+
+    fn gossip(&self) {
+        let update = self.membership().update(&self.name, &self.address);
+        self.broadcast(&update);
+    }
+
+    // ---- accepting and dialling ----
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        match this.handshake(stream, Role::Responder).await {
+                            Ok(est) => this.run_link(est).await,
+                            Err(e) => tracing::info!(%peer, error = %e, "cluster link refused"),
+                        }
+                    });
+                    self.track(task.abort_handle());
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "cluster accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn ensure_dialer(&self, peer: &str) {
+        let Some(this) = self.me() else {
+            return;
+        };
+        if self.stopping.load(Ordering::SeqCst)
+            || self.dialers.insert(peer.to_owned(), ()).is_some()
+        {
+            return;
+        }
+        let peer = peer.to_owned();
+        let task = tokio::spawn(async move {
+            this.dial_loop(&peer).await;
+            this.dialers.remove(&peer);
+        });
+        self.track(task.abort_handle());
+    }
+
+    /// Keeps a link to `peer` up while it is a member: dials when down, backs off on failure.
+    async fn dial_loop(self: &Arc<Self>, peer: &str) {
+        let mut attempt = 0u32;
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(address) = self.membership().members().get(peer).cloned() else {
+                return;
+            };
+            if self.links.contains_key(peer) {
+                attempt = 0;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            match self.dial(&address).await {
+                Ok(est) if est.peer.node == peer => {
+                    attempt = 0;
+                    self.run_link(est).await;
+                }
+                Ok(est) => {
+                    tracing::warn!(expected = %peer, found = %est.peer.node, %address, "a different node answers at a member's address");
+                    self.run_link(est).await;
+                }
+                Err(DialError::Handshake(HandshakeError::PeerRefused(Refusal::Removed))) => {
+                    tracing::error!(%peer, "this node was removed from the cluster (leave_cluster); forgetting the member");
+                    let mut m = self.membership();
+                    m.forget(peer);
+                    self.save_membership(&m);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, %address, error = %e, "cluster dial failed");
+                }
+            }
+            let jitter = f64::from(rand::random::<u16>()) / 65536.0;
+            tokio::time::sleep(backoff(attempt, jitter)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn dial(&self, address: &str) -> Result<Established, DialError> {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| DialError::Timeout)?
+            .map_err(DialError::Io)?;
+        self.handshake(stream, Role::Initiator).await
+    }
+
+    /// Preamble and handshake on a fresh connection, under one deadline.
+    async fn handshake(&self, mut stream: TcpStream, role: Role) -> Result<Established, DialError> {
+        let _ = stream.set_nodelay(true);
+        let work = async {
+            stream.write_all(&wire::preamble()).await?;
+            let mut preamble = [0u8; 8];
+            stream.read_exact(&mut preamble).await?;
+            wire::negotiate(&preamble).map_err(DialError::Wire)?;
+            let (mut hs, hello) = Handshake::start(role, self.hello(), self.cookie.clone());
+            stream.write_all(&wire::encode(&hello)).await?;
+            let mut decoder = FrameDecoder::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                while let Some(message) = decoder.next_message().map_err(DialError::Wire)? {
+                    let admit = |h: &Hello| self.membership().admit(h);
+                    let steps = match hs.receive(message, admit) {
+                        Ok(steps) => steps,
+                        Err((steps, e)) => {
+                            for step in steps {
+                                if let Step::Send(m) = step {
+                                    let _ = stream.write_all(&wire::encode(&m)).await;
+                                }
+                            }
+                            return Err(DialError::Handshake(e));
+                        }
+                    };
+                    for step in steps {
+                        match step {
+                            Step::Send(m) => stream.write_all(&wire::encode(&m)).await?,
+                            Step::Established(peer) => return Ok((peer, decoder)),
+                        }
+                    }
+                }
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(DialError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                decoder.feed(buf.get(..n).unwrap_or_default());
+            }
+        };
+        let (peer, decoder) = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+            .await
+            .map_err(|_| DialError::Timeout)??;
+        Ok(Established {
+            stream,
+            decoder,
+            peer,
+            role,
+        })
+    }
+
+    // ---- one link ----
+
+    /// Registers an authenticated connection as the link to its peer (or drops it if the
+    /// existing link wins the tie-break), then runs it until it goes down.
+    async fn run_link(self: &Arc<Self>, est: Established) {
+        let Some(server) = self.server() else {
+            return;
+        };
+        let Some(view) = self.view() else {
+            return;
+        };
+        let Established {
+            mut stream,
+            mut decoder,
+            peer,
+            role,
+        } = est;
+        let name = peer.node.clone();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+        let handle = LinkHandle {
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
+            role,
+            address: peer.listen.clone(),
+            tx,
+            kill: Arc::new(Notify::new()),
+            stats: Arc::new(LinkStats::new()),
+        };
+        // Register and queue the snapshot while no directory change can slip in between.
+        let registered = server.sm().with_local_snapshot(|snapshot| {
+            if let Some(existing) = self.links.get(&name) {
+                if !new_link_wins(&self.name, &name, role, existing.role) {
+                    return false;
+                }
+                existing.kill.notify_one();
+            }
+            let records = snapshot.iter().map(to_record).collect();
+            let _ = handle
+                .tx
+                .try_send(wire::encode(&Message::Snapshot(records)));
+            self.links.insert(name.clone(), handle.clone());
+            true
+        });
+        if !registered {
+            tracing::debug!(peer = %name, "duplicate cluster link closed (tie-break)");
+            return;
+        }
+        {
+            let mut m = self.membership();
+            if m.add(&self.name, &name, &peer.listen) {
+                self.save_membership(&m);
+            }
+        }
+        self.gossip();
+        self.bump();
+        self.ensure_dialer(&name);
+        tracing::info!(node = %self.name, peer = %name, incarnation = peer.incarnation, "cluster link up");
+
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut ping = tokio::time::interval(HEARTBEAT);
+        let mut deadline = tokio::time::Instant::now() + HEARTBEAT_TIMEOUT;
+        let mut goodbye = false;
+        let reason: String = 'link: loop {
+            // Frames already buffered are handled before reading more.
+            loop {
+                match decoder.next_message() {
+                    Ok(Some(message)) => {
+                        handle.stats.seen();
+                        deadline = tokio::time::Instant::now() + HEARTBEAT_TIMEOUT;
+                        if matches!(message, Message::Goodbye) {
+                            goodbye = true;
+                            break 'link "goodbye".to_owned();
+                        }
+                        if let Some(reply) = self
+                            .handle_message(&server, &view, &name, &handle, message)
+                            .await
+                        {
+                            let _ = self.send_on(&handle, wire::encode(&reply));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => break 'link format!("bad frame: {e}"),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = handle.kill.notified() => break 'link "closed".to_owned(),
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break 'link "closed".to_owned() };
+                    if let Err(e) = stream.write_all(&frame).await {
+                        break 'link format!("write: {e}");
+                    }
+                    // Drain what else is queued before going back to reading.
+                    while let Ok(frame) = rx.try_recv() {
+                        if let Err(e) = stream.write_all(&frame).await {
+                            break 'link format!("write: {e}");
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    let _ = self.send_on(&handle, wire::encode(&Message::Ping(now_micros())));
+                }
+                read = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match read {
+                    Err(_) => break 'link "heartbeat timeout".to_owned(),
+                    Ok(Ok(0)) => break 'link "closed by peer".to_owned(),
+                    Ok(Ok(n)) => decoder.feed(buf.get(..n).unwrap_or_default()),
+                    Ok(Err(e)) => break 'link format!("read: {e}"),
+                },
+            }
+        };
+        // Flush what is still queued (a Goodbye, a Leave) on a best-effort basis.
+        while let Ok(frame) = rx.try_recv() {
+            if stream.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.shutdown().await;
+        let current = self
+            .links
+            .remove_if(&name, |_, l| l.id == handle.id)
+            .is_some();
+        self.bump();
+        if !current {
+            return;
+        }
+        tracing::warn!(node = %self.name, peer = %name, %reason, goodbye, "cluster link down");
+        self.node_lost(&server, &name);
+    }
+
+    /// A peer's entries leave the table; contacts of the users this node wins hear that they
+    /// went unavailable.
+    fn node_lost(&self, server: &Arc<Server>, node: &str) {
+        let gone = server.sm().purge_node(node);
+        if gone.is_empty() || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut up: Vec<String> = self.links.iter().map(|l| l.key().clone()).collect();
+        up.push(self.name.clone());
+        let mine: Vec<_> = gone
+            .into_iter()
+            .filter(|e| e.available)
+            .filter(|e| {
+                let key = e.jid.to_bare().to_string();
+                placement::owner(&key, up.iter().map(String::as_str)) == Some(self.name.as_str())
+            })
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        let server = server.clone();
+        tokio::spawn(async move {
+            for entry in mine {
+                let mut state = PresenceState::new(entry.jid.clone(), entry.id);
+                state.available = true;
+                session_closed(&server, &mut state, Some("Node down")).await;
+            }
+        });
+    }
+
+    async fn handle_message(
+        &self,
+        server: &Arc<Server>,
+        view: &Arc<dyn ClusterView>,
+        peer: &str,
+        link: &LinkHandle,
+        message: Message,
+    ) -> Option<Message> {
+        let current = || self.links.get(peer).is_some_and(|l| l.id == link.id);
+        match message {
+            Message::Ping(t) => return Some(Message::Pong(t)),
+            Message::Pong(t) => {
+                link.stats
+                    .rtt_us
+                    .store(now_micros().saturating_sub(t), Ordering::Relaxed);
+            }
+            Message::Heartbeat | Message::Goodbye => {}
+            Message::Snapshot(records) if current() => {
+                let sessions = records.iter().filter_map(from_record).collect();
+                let gone = server.sm().replace_node(peer, view, sessions);
+                tracing::debug!(%peer, replaced = gone.len(), "session snapshot applied");
+            }
+            Message::SessionUp(record) if current() => {
+                if let Some(session) = from_record(&record) {
+                    server.sm().apply_remote(peer, view, session);
+                }
+            }
+            Message::SessionDown { jid, id } if current() => {
+                if let Ok(jid) = FullJid::parse(&jid) {
+                    server.sm().remove_remote(peer, &jid, id);
+                }
+            }
+            Message::Deliver { id, stanza } => match parse_stanza(&stanza) {
+                Some(stanza) => starling_core::local::deliver_forwarded(server, stanza, id).await,
+                None => tracing::warn!(%peer, "undecodable forwarded stanza dropped"),
+            },
+            Message::Close {
+                jid,
+                id,
+                condition,
+                text,
+            } => {
+                if let Ok(jid) = FullJid::parse(&jid)
+                    && let Some(entry) = server.sm().get_local(&jid)
+                    && entry.id == id
+                {
+                    let condition = StreamErrorCondition::from_name(&condition)
+                        .unwrap_or(StreamErrorCondition::PolicyViolation);
+                    let mut error = StreamError::new(condition);
+                    if let Some(text) = text {
+                        error = error.with_text(text);
+                    }
+                    entry.close(error);
+                }
+            }
+            Message::MemberUpdate { members, removed } => {
+                let (added, gone) = {
+                    let mut m = self.membership();
+                    let out = m.merge(&self.name, &members, &removed);
+                    if !out.0.is_empty() || !out.1.is_empty() {
+                        self.save_membership(&m);
+                    }
+                    out
+                };
+                for (name, _) in &added {
+                    self.ensure_dialer(name);
+                }
+                for name in &gone {
+                    if *name == self.name {
+                        self.removed(server);
+                    } else if let Some(l) = self.links.get(name) {
+                        l.kill.notify_one();
+                    }
+                }
+                let first = !link.stats.gossiped.swap(true, Ordering::Relaxed);
+                if !added.is_empty() || !gone.is_empty() {
+                    self.gossip();
+                }
+                if first || !added.is_empty() || !gone.is_empty() {
+                    self.bump();
+                }
+            }
+            Message::Leave => self.removed(server),
+            Message::Hello(_) | Message::Proof(_) | Message::Refused(_) => {
+                tracing::warn!(%peer, "handshake message on an established link");
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// This node was removed with `leave_cluster`: forget the members and stop.
+    fn removed(&self, server: &Arc<Server>) {
+        tracing::error!(node = %self.name, "removed from the cluster (leave_cluster); stopping");
+        {
+            let mut m = self.membership();
+            m.clear();
+            self.save_membership(&m);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        for link in &self.links {
+            link.kill.notify_one();
+        }
+        server.begin_shutdown();
+    }
+
+    /// On a graceful stop, peers are told to purge at once rather than wait for EOF.
+    async fn watch_shutdown(
+        self: Arc<Self>,
+        mut state: watch::Receiver<starling_core::server::NodeState>,
+    ) {
+        let _ = state
+            .wait_for(|s| *s == starling_core::server::NodeState::Stopping)
+            .await;
+        // Let sessions closing now send their unbinds first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stopping.store(true, Ordering::SeqCst);
+        self.broadcast(&Message::Goodbye);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for link in &self.links {
+            link.kill.notify_one();
+        }
+    }
+
+    // ---- commands ----
+
+    fn status(&self) -> Vec<MemberStatus> {
+        let server = self.server();
+        let count = |node: Option<&str>| {
+            server.as_ref().map_or(0, |s| match node {
+                None => s.sm().count_local(),
+                Some(n) => s.sm().count_of_node(n),
+            })
+        };
+        let mut out = vec![MemberStatus {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            this_node: true,
+            up: true,
+            sessions: count(None),
+            last_seen_ms: None,
+            rtt_us: None,
+        }];
+        let members = self.membership().members().clone();
+        for (name, address) in members {
+            let link = self.links.get(&name).map(|l| l.clone());
+            let (last_seen_ms, rtt_us) = match &link {
+                Some(l) => {
+                    let now = u64::try_from(l.stats.started.elapsed().as_millis()).unwrap_or(0);
+                    let rtt = l.stats.rtt_us.load(Ordering::Relaxed);
+                    (
+                        Some(now.saturating_sub(l.stats.last_seen_ms.load(Ordering::Relaxed))),
+                        (rtt != u64::MAX).then_some(rtt),
+                    )
+                }
+                None => (None, None),
+            };
+            out.push(MemberStatus {
+                sessions: count(Some(&name)),
+                address: link.as_ref().map_or(address, |l| l.address.clone()),
+                name,
+                this_node: false,
+                up: link.is_some(),
+                last_seen_ms,
+                rtt_us,
+            });
+        }
+        out
+    }
+
+    async fn join(&self, address: &str) -> Result<Vec<String>, String> {
+        if self.db_id == "sqlite" {
+            return Err(
+                "clustering needs a shared PostgreSQL database (sql_type: pgsql); this node uses \
+                 the embedded SQLite database"
+                    .to_owned(),
+            );
+        }
+        let Some(this) = self.me() else {
+            return Err("the node is stopping".to_owned());
+        };
+        let est = self
+            .dial(address)
+            .await
+            .map_err(|e| explain(&e, &self.name, address))?;
+        let peer = est.peer.node.clone();
+        let mut epoch = self.epoch.subscribe();
+        let link_task = {
+            let this = this.clone();
+            tokio::spawn(async move { this.run_link(est).await })
+        };
+        self.track(link_task.abort_handle());
+        let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+        loop {
+            let gossiped = self
+                .links
+                .get(&peer)
+                .is_some_and(|l| l.stats.gossiped.load(Ordering::Relaxed));
+            let members: Vec<String> = self.membership().members().keys().cloned().collect();
+            let missing: Vec<&String> = members
+                .iter()
+                .filter(|m| !self.links.contains_key(*m))
+                .collect();
+            if gossiped && missing.is_empty() {
+                return Ok(members);
+            }
+            let wait = tokio::time::timeout_at(deadline, epoch.changed());
+            if wait.await.is_err() {
+                return Err(format!(
+                    "linked to {peer} at {address}, but not to {} within {} s",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    JOIN_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
+
+    async fn leave(&self, node: &str) -> Result<(), String> {
+        let Some(server) = self.server() else {
+            return Err("the node is stopping".to_owned());
+        };
+        if node == self.name {
+            // Tell everyone first, so that no one re-dials us, then stop.
+            {
+                let mut m = self.membership();
+                m.remove(node);
+                self.save_membership(&m);
+            }
+            let update = self.membership().update(&self.name, &self.address);
+            self.broadcast(&update);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.removed(&server);
+            return Ok(());
+        }
+        {
+            let mut m = self.membership();
+            if !m.is_member(node) {
+                return Err(format!("{node} is not a member of this node's cluster"));
+            }
+            m.remove(node);
+            self.save_membership(&m);
+        }
+        if let Some(link) = self.links.get(node).map(|l| l.clone()) {
+            self.send_on(&link, wire::encode(&Message::Leave));
+        }
+        self.gossip();
+        self.bump();
+        // The link task flushes `Leave` and purges the node's entries as it goes down; a node
+        // already down is purged here.
+        if !self.links.contains_key(node) {
+            self.node_lost(&server, node);
+        }
+        Ok(())
+    }
+}
+
+impl ClusterView for Inner {
+    fn node_name(&self) -> &str {
+        &self.name
+    }
+
+    fn changed(&self, change: DirectoryChange) {
+        let message = match change {
+            DirectoryChange::Upsert(session) => Message::SessionUp(to_record(&session)),
+            DirectoryChange::Remove { jid, id } => Message::SessionDown {
+                jid: jid.to_string(),
+                id,
+            },
+        };
+        self.broadcast(&message);
+    }
+
+    fn deliver(&self, node: &str, _to: &FullJid, id: SessionId, stanza: Arc<Stanza>) -> bool {
+        let Some(link) = self.links.get(node).map(|l| l.clone()) else {
+            return false;
+        };
+        let frame = wire::encode(&Message::Deliver {
+            id,
+            stanza: stanza.bytes().to_vec(),
+        });
+        self.send_on(&link, frame)
+    }
+
+    fn close(&self, node: &str, jid: &FullJid, id: SessionId, error: &StreamError) {
+        if let Some(link) = self.links.get(node).map(|l| l.clone()) {
+            let frame = wire::encode(&Message::Close {
+                jid: jid.to_string(),
+                id,
+                condition: error.condition.name().to_owned(),
+                text: error.text.clone(),
+            });
+            self.send_on(&link, frame);
+        }
+    }
+
+    fn status(&self) -> Vec<MemberStatus> {
+        Self::status(self)
+    }
+
+    fn join<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> starling_core::BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(Self::join(self, address))
+    }
+
+    fn leave<'a>(&'a self, node: &'a str) -> starling_core::BoxFuture<'a, Result<(), String>> {
+        Box::pin(Self::leave(self, node))
+    }
+}
+
+/// Why a dial or an accepted connection did not become a link.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Wire(wire::WireError),
+    #[error("{0}")]
+    Handshake(HandshakeError),
+}
+
+/// The operator's message for a failed `join_cluster`, naming both sides' values.
+fn explain(error: &DialError, me: &str, address: &str) -> String {
+    match error {
+        DialError::Handshake(HandshakeError::PeerRefused(r) | HandshakeError::WeRefused(r)) => {
+            let theirs_first =
+                matches!(error, DialError::Handshake(HandshakeError::PeerRefused(_)));
+            match r {
+                Refusal::Unauthenticated => format!(
+                    "the node at {address} refused the link: the cluster cookies differ (copy \
+                     data_dir/cookie from a member to this node, then restart it)"
+                ),
+                Refusal::HostsMismatch { ours, theirs } => {
+                    let (peer, mine) = if theirs_first {
+                        (ours, theirs)
+                    } else {
+                        (theirs, ours)
+                    };
+                    format!(
+                        "hosts differ: the node at {address} serves [{}], this node ({me}) serves [{}]",
+                        peer.join(", "),
+                        mine.join(", ")
+                    )
+                }
+                Refusal::SharedDbMismatch { ours, theirs } => {
+                    let (peer, mine) = if theirs_first {
+                        (ours, theirs)
+                    } else {
+                        (theirs, ours)
+                    };
+                    format!(
+                        "databases differ: the node at {address} uses {peer}, this node ({me}) \
+                         uses {mine}; a cluster needs one shared PostgreSQL database"
+                    )
+                }
+                Refusal::NameInUse => format!(
+                    "the node at {address} has the same node name as this node ({me}); give each \
+                     node its own cluster.node_name"
+                ),
+                Refusal::Removed => format!(
+                    "the node at {address} refused {me}: this node was removed from the cluster \
+                     with leave_cluster; give it a new cluster.node_name to join again"
+                ),
+            }
+        }
+        DialError::Wire(wire::WireError::NoCommonVersion { .. }) => {
+            format!(
+                "the node at {address} speaks another cluster protocol version: {}",
+                error
+            )
+        }
+        other => format!("cannot link to {address}: {other}"),
+    }
+}
+
+fn to_record(session: &RemoteSession) -> SessionRecord {
+    SessionRecord {
+        jid: session.jid.to_string(),
+        id: session.id,
+        priority: session.priority,
+        available: session.available,
+        interested: session.interested,
+        presence: session
+            .presence
+            .as_ref()
+            .and_then(|p| String::from_utf8(starling_xmpp::codec::to_bytes(p)).ok()),
+        bound_at: session.bound_at,
+    }
+}
+
+fn from_record(record: &SessionRecord) -> Option<RemoteSession> {
+    Some(RemoteSession {
+        jid: FullJid::parse(&record.jid).ok()?,
+        id: record.id,
+        priority: record.priority,
+        available: record.available,
+        interested: record.interested,
+        presence: record
+            .presence
+            .as_deref()
+            .and_then(|p| p.parse::<Element>().ok())
+            .map(Arc::new),
+        bound_at: record.bound_at,
+    })
+}
+
+fn parse_stanza(bytes: &[u8]) -> Option<Stanza> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let element: Element = text.parse().ok()?;
+    Stanza::from_element(element).ok()
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_with_presence() {
+        let presence: Element = "<presence xmlns='jabber:client'><priority>5</priority></presence>"
+            .parse()
+            .unwrap();
+        let session = RemoteSession {
+            jid: FullJid::parse("u@example.org/phone").unwrap(),
+            id: 42,
+            priority: 5,
+            available: true,
+            interested: true,
+            presence: Some(Arc::new(presence)),
+            bound_at: 1_700_000_000_000_000,
+        };
+        let back = from_record(&to_record(&session)).unwrap();
+        assert_eq!(back, session);
+        let mut bad = to_record(&session);
+        bad.jid = "not a full jid".into();
+        assert!(from_record(&bad).is_none());
+    }
+
+    #[test]
+    fn forwarded_stanzas_parse_once_and_garbage_is_rejected() {
+        let el: Element = "<message xmlns='jabber:client' from='a@x/r' to='b@x/s' type='chat'><body>hi &amp; bye</body></message>"
+            .parse()
+            .unwrap();
+        let stanza = Stanza::from_element(el).unwrap();
+        let back = parse_stanza(&stanza.bytes()).unwrap();
+        assert_eq!(back.to().to_string(), "b@x/s");
+        assert_eq!(back.element(), stanza.element());
+        assert!(parse_stanza(b"<message").is_none());
+        assert!(parse_stanza(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn refusals_name_both_values() {
+        let e = DialError::Handshake(HandshakeError::PeerRefused(Refusal::HostsMismatch {
+            ours: vec!["a.org".into()],
+            theirs: vec!["b.org".into()],
+        }));
+        let text = explain(&e, "starling@me", "10.0.0.1:5370");
+        assert!(text.contains("10.0.0.1:5370 serves [a.org]"), "{text}");
+        assert!(text.contains("(starling@me) serves [b.org]"), "{text}");
+        let e = DialError::Handshake(HandshakeError::WeRefused(Refusal::SharedDbMismatch {
+            ours: "sqlite".into(),
+            theirs: "pgsql://db:5432/x".into(),
+        }));
+        let text = explain(&e, "me", "addr");
+        assert!(
+            text.contains("uses pgsql://db:5432/x") && text.contains("uses sqlite"),
+            "{text}"
+        );
+        let e = DialError::Handshake(HandshakeError::PeerRefused(Refusal::Unauthenticated));
+        assert!(explain(&e, "me", "addr").contains("cookie"));
+    }
+}
