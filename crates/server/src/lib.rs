@@ -104,7 +104,15 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
         None => None,
     };
 
-    let s2s = start_s2s(&server).context("cannot start the s2s manager")?;
+    // In a cluster every node derives the dialback secret from the shared cookie, so a key one
+    // node issued verifies on any other (DESIGN §7.4); alone, a random per-start secret.
+    let dialback_secret = match &cluster {
+        Some(_) => starling_cluster::cookie::Cookie::load_or_create(&data_dir.join("cookie"))
+            .map(|c| starling_s2s::dialback::Secret::derive(c.as_bytes()))
+            .context("cannot read the cluster cookie")?,
+        None => starling_s2s::dialback::Secret::random(),
+    };
+    let s2s = start_s2s(&server, dialback_secret).context("cannot start the s2s manager")?;
     let mut s2s_addrs = Vec::new();
     let metrics = Arc::new(Metrics::new(server.counters().clone()));
     let http_context = HttpContext::new(server.clone(), metrics.clone());
@@ -246,7 +254,10 @@ async fn start_cluster(
 }
 
 /// Builds the s2s manager from the `s2s_*` options and attaches it as the remote router.
-fn start_s2s(server: &Arc<Server>) -> anyhow::Result<starling_s2s::S2s> {
+fn start_s2s(
+    server: &Arc<Server>,
+    secret: starling_s2s::dialback::Secret,
+) -> anyhow::Result<starling_s2s::S2s> {
     let config = server.config();
     let s2s_config = config.s2s.clone();
     let certfiles = match &s2s_config.certfile {
@@ -268,9 +279,7 @@ fn start_s2s(server: &Arc<Server>) -> anyhow::Result<starling_s2s::S2s> {
         config: s2s_config,
         certs: Arc::new(certs),
         trust,
-        // Per-node random secret; a cluster should pass one derived from its cookie
-        // (`Secret::derive`) so any node can verify keys another issued.
-        secret: starling_s2s::dialback::Secret::random(),
+        secret,
         resolver,
         negotiation_timeout: config.negotiation_timeout,
     };
