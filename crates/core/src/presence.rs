@@ -241,17 +241,8 @@ async fn broadcast_unavailable(server: &Server, state: &mut PresenceState, mut e
 
 /// The connection ended: broadcast unavailable if needed and record last activity (XEP-0012).
 pub async fn session_closed(server: &Server, state: &mut PresenceState, status: Option<&str>) {
-    if state.available || !state.directed.is_empty() {
-        let mut el = element("presence", ns::CLIENT, &[("type", "unavailable")]);
-        if let Some(status) = status {
-            el.append_child(starling_xmpp::stanza::text_element(
-                "status",
-                ns::CLIENT,
-                status,
-            ));
-        }
-        broadcast_unavailable(server, state, el).await;
-    }
+    // Last activity is recorded before contacts learn the user left, so a contact that asks
+    // (XEP-0012) as soon as it sees the unavailable presence gets the new answer.
     let user = state.jid.to_bare();
     let others = server
         .sm()
@@ -265,6 +256,17 @@ pub async fn session_closed(server: &Server, state: &mut PresenceState, status: 
             .await
     {
         tracing::warn!(%user, error = %e, "cannot record last activity");
+    }
+    if state.available || !state.directed.is_empty() {
+        let mut el = element("presence", ns::CLIENT, &[("type", "unavailable")]);
+        if let Some(status) = status {
+            el.append_child(starling_xmpp::stanza::text_element(
+                "status",
+                ns::CLIENT,
+                status,
+            ));
+        }
+        broadcast_unavailable(server, state, el).await;
     }
 }
 
