@@ -271,7 +271,18 @@ async fn dialback_federation_both_ways() {
     // stop_s2s_connections closes everything; the next stanza reconnects.
     let stopped = a.server.remote_router().map(|r| r.stop_connections());
     assert!(stopped.unwrap_or(0) >= 1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .server
+        .remote_router()
+        .is_some_and(|r| !r.connections().is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections did not close"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     chat_both_ways(&a, &b).await;
 }
 
@@ -488,6 +499,12 @@ async fn external_component() {
     comp.send("<message from='x@a.test' to='alice@a.test/r'><body>spoof</body></message>")
         .await;
     assert_eq!(comp.stream_error().await, "invalid-from");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(a.server.route_for("comp.a.test").is_none());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.server.route_for("comp.a.test").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the component's route stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
