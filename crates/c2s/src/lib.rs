@@ -12,8 +12,9 @@
 pub mod auth;
 pub mod csi;
 pub mod features;
+pub mod framed;
 pub mod session;
 pub mod sm;
 pub mod transport;
 
-pub use session::{ListenerSettings, run};
+pub use session::{ListenerSettings, run, run_framed};

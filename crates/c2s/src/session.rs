@@ -48,6 +48,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Step};
 use crate::csi::{self, ClientState};
 use crate::features::{self, Offer, Phase};
+use crate::framed::{FrameOut, FramedLink};
 use crate::sm::{self, Fate, ResendOnTimeout, StreamManagement, TimerAction, Unacked};
 use crate::transport::Transport;
 
@@ -133,6 +134,12 @@ impl Conn {
     }
 
     async fn read_more(&mut self) -> Result<(), End> {
+        if let Some(link) = self.io.as_mut().and_then(Transport::framed) {
+            // A dropped bridge is a lost connection, like a TCP EOF.
+            let frame = link.inbound.recv().await.ok_or(End::Eof)?;
+            self.parser.feed(&frame.into_stream_bytes());
+            return Ok(());
+        }
         if self.drained {
             // Wait for data holding no buffer: idle connections are the common case.
             let io = self.io.as_ref().ok_or(End::Eof)?;
@@ -153,7 +160,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `data`: one complete element (or, on byte streams, a header or closing tag).
     async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.io.as_mut().and_then(Transport::framed).is_some() {
+            return self.send_frame(FrameOut::Element(data.to_vec())).await;
+        }
         let send_timeout = self.send_timeout;
         let io = self.io()?;
         match timeout(send_timeout, async {
@@ -163,6 +174,23 @@ impl Conn {
         .await
         {
             Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")),
+        }
+    }
+
+    /// Hands one frame to a WebSocket/BOSH bridge, waiting at most `send_timeout` for room.
+    async fn send_frame(&mut self, frame: FrameOut) -> io::Result<()> {
+        let send_timeout = self.send_timeout;
+        let link = self
+            .io()?
+            .framed()
+            .ok_or_else(|| io::Error::other("not a framed transport"))?;
+        match timeout(send_timeout, link.outbound.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the HTTP side of the session is gone",
+            )),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout")),
         }
     }
@@ -179,6 +207,9 @@ impl Conn {
             ..StreamHeader::default()
         };
         self.header_sent = true;
+        if self.io.as_mut().and_then(Transport::framed).is_some() {
+            return self.send_frame(FrameOut::Open(header)).await;
+        }
         self.write(codec::stream_header(ns::CLIENT, &header).as_bytes())
             .await
     }
@@ -189,15 +220,27 @@ impl Conn {
         if !self.header_sent {
             let _ = self.send_header().await;
         }
-        let mut out = error.to_xml();
-        out.push_str(STREAM_CLOSE);
-        let _ = self.write(out.as_bytes()).await;
-        self.shutdown().await;
+        self.fail_xml_quietly(&error.to_xml()).await;
     }
 
     /// Like [`Self::fail`] with a stream error already serialised.
     async fn fail_xml(&mut self, error_xml: &str) {
         tracing::info!(peer = %self.peer, error = error_xml, "stream error");
+        if !self.header_sent {
+            let _ = self.send_header().await;
+        }
+        self.fail_xml_quietly(error_xml).await;
+    }
+
+    /// Sends a serialised stream error and closes, our header being already sent.
+    async fn fail_xml_quietly(&mut self, error_xml: &str) {
+        if self.io.as_mut().and_then(Transport::framed).is_some() {
+            let _ = self
+                .send_frame(FrameOut::Element(error_xml.as_bytes().to_vec()))
+                .await;
+            self.close().await;
+            return;
+        }
         let mut out = error_xml.to_owned();
         out.push_str(STREAM_CLOSE);
         let _ = self.write(out.as_bytes()).await;
@@ -205,7 +248,11 @@ impl Conn {
     }
 
     async fn close(&mut self) {
-        let _ = self.write(STREAM_CLOSE.as_bytes()).await;
+        if self.io.as_mut().and_then(Transport::framed).is_some() {
+            let _ = self.send_frame(FrameOut::Close).await;
+        } else {
+            let _ = self.write(STREAM_CLOSE.as_bytes()).await;
+        }
         self.shutdown().await;
     }
 
@@ -241,7 +288,37 @@ pub async fn run(
                 Err(_) => return,
             };
         }
-        let mut conn = Conn {
+        let conn = Conn::new(io, peer, &settings.send_timeout);
+        serve(server, settings, conn, deadline).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Serves one WebSocket or BOSH client, whose HTTP side holds the other end of `link`, until
+/// the session ends. Everything after framing is the same as for TCP clients.
+pub async fn run_framed(
+    server: Arc<Server>,
+    settings: Arc<ListenerSettings>,
+    link: FramedLink,
+    peer: SocketAddr,
+) {
+    let transport = link.kind();
+    let span = tracing::info_span!("c2s", %peer, ?transport, jid = tracing::field::Empty);
+    async move {
+        tracing::debug!("framed session opened");
+        let deadline = Instant::now() + settings.negotiation_timeout;
+        let io = Transport::Framed(Box::new(link));
+        let conn = Conn::new(io, peer, &settings.send_timeout);
+        serve(server, settings, conn, deadline).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Conn {
+    fn new(io: Transport, peer: SocketAddr, send_timeout: &Duration) -> Self {
+        Self {
             io: Some(io),
             parser: StreamParser::new(
                 ns::CLIENT,
@@ -255,8 +332,27 @@ pub async fn run(
             peer,
             header_sent: false,
             host: None,
-            send_timeout: settings.send_timeout,
-        };
+            send_timeout: *send_timeout,
+        }
+    }
+
+    /// The transport label for the session counters.
+    fn kind(&mut self) -> SessionTransport {
+        self.io
+            .as_mut()
+            .and_then(Transport::framed)
+            .map_or(SessionTransport::Tcp, |link| link.kind())
+    }
+}
+
+/// Negotiates then serves an accepted connection (inside the connection's span).
+async fn serve(
+    server: Arc<Server>,
+    settings: Arc<ListenerSettings>,
+    mut conn: Conn,
+    deadline: Instant,
+) {
+    {
         let mut authenticated: Option<BareJid> = None;
         let bound = loop {
             let negotiated = timeout_at(
@@ -308,8 +404,6 @@ pub async fn run(
         tracing::Span::current().record("jid", tracing::field::display(&bound.0));
         established(server, conn, bound).await;
     }
-    .instrument(span)
-    .await;
 }
 
 /// A bound session.
@@ -928,10 +1022,11 @@ impl Drop for Established {
     }
 }
 
-async fn established(server: Arc<Server>, conn: Conn, bound: Bound) {
+async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
     let (full, id, channels) = bound;
     // Counted while the session exists, attached or detached; the guard uncounts on any exit.
-    let _counted = server.counters().session_opened(SessionTransport::Tcp);
+    // (A session resumed over another transport stays counted under its first one.)
+    let _counted = server.counters().session_opened(conn.kind());
     let SessionChannels { inbox, close } = channels;
     let (takeover, takeovers) = mpsc::channel(1);
     let mut channels = Channels {

@@ -1,6 +1,8 @@
 //! The byte stream under a session: plain TCP before STARTTLS, TLS after it (or from the
 //! start, for direct TLS). Upgrading consumes the plain variant, so a STARTTLS'd session can no
-//! longer reach the plain socket.
+//! longer reach the plain socket. WebSocket and BOSH sessions have no byte stream of their own:
+//! their frames come and go over a [`FramedLink`], which the session reads and writes element by
+//! element (it never goes through the `AsyncRead`/`AsyncWrite` impls below).
 
 use std::io;
 use std::pin::Pin;
@@ -12,18 +14,41 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::framed::FramedLink;
+
+fn not_a_byte_stream() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "framed transport: use the frame channels",
+    )
+}
+
 /// A client connection's byte stream.
 pub enum Transport {
     /// Before STARTTLS.
     Plain(TcpStream),
     /// After STARTTLS or direct TLS.
     Tls(Box<TlsStream<TcpStream>>),
+    /// WebSocket or BOSH, through an HTTP bridge.
+    Framed(Box<FramedLink>),
 }
 
 impl Transport {
     /// True once encrypted.
     pub fn is_secure(&self) -> bool {
-        matches!(self, Self::Tls(_))
+        match self {
+            Self::Plain(_) => false,
+            Self::Tls(_) => true,
+            Self::Framed(link) => link.is_secure(),
+        }
+    }
+
+    /// The framed link, for WebSocket and BOSH sessions.
+    pub fn framed(&mut self) -> Option<&mut FramedLink> {
+        match self {
+            Self::Framed(link) => Some(link),
+            _ => None,
+        }
     }
 
     /// Runs the TLS handshake over the plain socket (STARTTLS or direct TLS).
@@ -34,6 +59,7 @@ impl Transport {
                 Ok(Self::Tls(Box::new(tls)))
             }
             Self::Tls(_) => Err(io::Error::other("stream is already encrypted")),
+            Self::Framed(_) => Err(io::Error::other("framed transports have no STARTTLS")),
         }
     }
 
@@ -60,6 +86,7 @@ impl Transport {
         match self {
             Self::Plain(tcp) => tcp.readable().await,
             Self::Tls(tls) => tls.get_ref().0.readable().await,
+            Self::Framed(_) => Ok(()),
         }
     }
 
@@ -67,7 +94,7 @@ impl Transport {
     pub fn sni(&self) -> Option<String> {
         match self {
             Self::Tls(tls) => tls.get_ref().1.server_name().map(str::to_owned),
-            Self::Plain(_) => None,
+            Self::Plain(_) | Self::Framed(_) => None,
         }
     }
 }
@@ -81,6 +108,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Framed(_) => Poll::Ready(Err(not_a_byte_stream())),
         }
     }
 }
@@ -94,6 +122,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Framed(_) => Poll::Ready(Err(not_a_byte_stream())),
         }
     }
 
@@ -101,6 +130,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::Framed(_) => Poll::Ready(Err(not_a_byte_stream())),
         }
     }
 
@@ -108,6 +138,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            // Closing is the `FrameOut::Close` the session sends; nothing more to do.
+            Self::Framed(_) => Poll::Ready(Ok(())),
         }
     }
 }

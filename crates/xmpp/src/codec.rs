@@ -651,6 +651,23 @@ pub fn stream_header(content_ns: &str, header: &StreamHeader) -> String {
     out.push_str("' xmlns:stream='");
     out.push_str(ns::STREAM);
     out.push('\'');
+    push_header_attrs(&mut out, header);
+    out.push('>');
+    out
+}
+
+/// RFC 7395 §3.3.2: the WebSocket `<open/>` element that stands for a stream header.
+pub fn framing_open(header: &StreamHeader) -> String {
+    let mut out = String::with_capacity(192);
+    out.push_str("<open xmlns='");
+    out.push_str(ns::FRAMING);
+    out.push('\'');
+    push_header_attrs(&mut out, header);
+    out.push_str("/>");
+    out
+}
+
+fn push_header_attrs(out: &mut String, header: &StreamHeader) {
     let optional = [
         ("id", header.id.as_deref()),
         ("from", header.from.as_deref()),
@@ -658,17 +675,11 @@ pub fn stream_header(content_ns: &str, header: &StreamHeader) -> String {
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            push_attr(&mut out, name, value);
+            push_attr(out, name, value);
         }
     }
-    push_attr(
-        &mut out,
-        "version",
-        header.version.as_deref().unwrap_or("1.0"),
-    );
-    push_attr(&mut out, "xml:lang", header.lang.as_deref().unwrap_or("en"));
-    out.push('>');
-    out
+    push_attr(out, "version", header.version.as_deref().unwrap_or("1.0"));
+    push_attr(out, "xml:lang", header.lang.as_deref().unwrap_or("en"));
 }
 
 /// Serialises one element (a stanza, or a nonza like `<features/>`) with its namespace declared

@@ -2,6 +2,8 @@
 
 /// RFC 6120 stream element.
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
+/// RFC 7395 §3.3: WebSocket framing (`<open/>`, `<close/>`).
+pub const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 /// RFC 6120 client-to-server content namespace.
 pub const CLIENT: &str = "jabber:client";
 /// RFC 6120 server-to-server content namespace.
