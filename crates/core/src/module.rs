@@ -10,6 +10,7 @@ use std::sync::Arc;
 use starling_config::{ModuleOptions, ModuleSpec};
 use starling_xmpp::Element;
 use starling_xmpp::error::StanzaError;
+use starling_xmpp::jid::Jid;
 use starling_xmpp::stanza::Stanza;
 
 use crate::BoxFuture;
@@ -64,6 +65,16 @@ pub trait Service: Send + Sync {
     fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()>;
 }
 
+/// Answers XEP-0030 queries for nodes of the host's own JID (§3.2), such as the XEP-0050
+/// command list. mod_disco asks each registered provider in turn; the first answer wins.
+pub trait DiscoNodes: Send + Sync {
+    /// The disco#info `<query/>` for `node`, asked by `from`; `None` if the node is not this
+    /// provider's (or `from` may not see it).
+    fn info(&self, server: &Server, from: &Jid, node: &str) -> Option<Element>;
+    /// The disco#items `<query/>` for `node`, asked by `from`; `None` as for [`Self::info`].
+    fn items(&self, server: &Server, from: &Jid, node: &str) -> Option<Element>;
+}
+
 /// A service a module runs for a host.
 #[derive(Clone)]
 pub struct ServiceRegistration {
@@ -113,6 +124,8 @@ pub struct Registrations {
     pub hooks: HookSet,
     /// Services on their own domains.
     pub services: Vec<ServiceRegistration>,
+    /// Disco node providers for the host's JID.
+    pub disco_nodes: Vec<Arc<dyn DiscoNodes>>,
 }
 
 impl Registrations {
@@ -159,6 +172,13 @@ impl Registrations {
         self.stream_iq.extend(other.stream_iq);
         self.hooks.extend(other.hooks);
         self.services.extend(other.services);
+        self.disco_nodes.extend(other.disco_nodes);
+    }
+
+    /// Adds a provider of disco nodes on the host's JID.
+    pub fn disco_nodes(mut self, provider: Arc<dyn DiscoNodes>) -> Self {
+        self.disco_nodes.push(provider);
+        self
     }
 
     /// Adds a service on its own domain.

@@ -3,7 +3,7 @@
 //! The host's features are derived from what the started modules actually handle
 //! ([`starling_core::module::HostModules::features`], DESIGN.md §2.2), so the list can never advertise a namespace
 //! nobody answers. Implements XEP-0030 §3.1 (info, identity `server/im`), §3.2 (`node`
-//! queries: we publish no nodes, so any node is `<item-not-found/>`), §4 (items: the host's services,
+//! queries: nodes published by modules, such as ad-hoc commands; others are `<item-not-found/>`), §4 (items: the host's services,
 //! such as `conference.HOST`), and the account identity `account/registered`
 //! of the XEP-0030 registry for queries to a user's bare JID.
 
@@ -13,7 +13,7 @@ use starling_config::{ModuleOptions, ModuleSpec};
 use starling_core::BoxFuture;
 use starling_core::Server;
 use starling_core::module::{
-    HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
+    DiscoNodes, HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
 };
 use starling_xmpp::Element;
 use starling_xmpp::error::StanzaErrorCondition;
@@ -56,7 +56,9 @@ impl IqHandler for HostInfo {
     fn handle<'a>(&'a self, server: &'a Server, iq: &'a Stanza) -> BoxFuture<'a, IqResult> {
         Box::pin(async move {
             let payload = iq::get_payload(iq)?;
-            refuse_nodes(payload)?;
+            if let Some(node) = payload.attr("node") {
+                return node_query(server, iq, node, |p, s, from, n| p.info(s, from, n));
+            }
             let features = server
                 .host_modules(iq.to().domain())
                 .map(|m| m.features(IqTarget::Host))
@@ -76,7 +78,9 @@ impl IqHandler for HostItems {
     fn handle<'a>(&'a self, server: &'a Server, iq: &'a Stanza) -> BoxFuture<'a, IqResult> {
         Box::pin(async move {
             let payload = iq::get_payload(iq)?;
-            refuse_nodes(payload)?;
+            if let Some(node) = payload.attr("node") {
+                return node_query(server, iq, node, |p, s, from, n| p.items(s, from, n));
+            }
             let mut query = element("query", ns::DISCO_ITEMS, &[]);
             if let Some(modules) = server.host_modules(iq.to().domain()) {
                 for service in &modules.registrations.services {
@@ -123,7 +127,27 @@ impl IqHandler for AccountInfo {
     }
 }
 
-/// XEP-0030 §3.2: we publish no nodes, so any `node` is unknown.
+/// XEP-0030 §3.2: a node of the host's JID, answered by the module that publishes it (ad-hoc
+/// commands); nodes nobody publishes are `<item-not-found/>`.
+fn node_query(
+    server: &Server,
+    iq: &Stanza,
+    node: &str,
+    ask: impl Fn(&dyn DiscoNodes, &Server, &starling_xmpp::jid::Jid, &str) -> Option<Element>,
+) -> IqResult {
+    server
+        .host_modules(iq.to().domain())
+        .and_then(|m| {
+            m.registrations
+                .disco_nodes
+                .iter()
+                .find_map(|p| ask(p.as_ref(), server, iq.from(), node))
+        })
+        .map(Some)
+        .ok_or_else(|| iq::error(StanzaErrorCondition::ItemNotFound))
+}
+
+/// XEP-0030 §3.2: accounts publish no nodes here, so any `node` is unknown.
 fn refuse_nodes(payload: &Element) -> Result<(), starling_xmpp::error::StanzaError> {
     match payload.attr("node") {
         Some(_) => Err(iq::error(StanzaErrorCondition::ItemNotFound)),

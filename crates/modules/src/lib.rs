@@ -35,6 +35,7 @@ use std::sync::Arc;
 use starling_config::ModuleSpec;
 use starling_core::module::Module;
 
+pub mod adhoc;
 pub mod blocking;
 pub mod carbons;
 pub mod client_state;
@@ -55,6 +56,7 @@ pub mod time;
 pub mod vcard;
 pub mod version;
 
+mod dataform;
 mod iq;
 
 #[cfg(test)]
@@ -83,6 +85,8 @@ pub fn catalogue() -> Vec<Arc<dyn Module>> {
         Arc::new(stream_mgmt::StreamMgmt),
         Arc::new(client_state::ClientState),
         Arc::new(http_api::HttpApi),
+        Arc::new(adhoc::Adhoc),
+        Arc::new(adhoc::Configure),
     ]
 }
 

@@ -394,6 +394,9 @@ pub struct StanzaError {
     pub text: Option<String>,
     /// The entity that generated the error (§8.3.2 `by`), usually our domain.
     pub by: Option<String>,
+    /// An application-specific condition (§8.3.2): `(element name, namespace)`, such as
+    /// XEP-0050's `<bad-sessionid/>`.
+    pub application: Option<(&'static str, &'static str)>,
 }
 
 impl StanzaError {
@@ -404,6 +407,7 @@ impl StanzaError {
             condition,
             text: None,
             by: None,
+            application: None,
         }
     }
 
@@ -416,6 +420,14 @@ impl StanzaError {
     pub fn with_text(self, text: impl Into<String>) -> Self {
         Self {
             text: Some(text.into()),
+            ..self
+        }
+    }
+
+    /// Adds an application-specific condition element (empty, in its own namespace).
+    pub fn with_application(self, name: &'static str, namespace: &'static str) -> Self {
+        Self {
+            application: Some((name, namespace)),
             ..self
         }
     }
@@ -443,6 +455,9 @@ impl StanzaError {
             text_el.append_text(text.as_str());
             error.append_child(text_el);
         }
+        if let Some((name, namespace)) = self.application {
+            error.append_child(Element::bare(name, namespace));
+        }
         error
     }
 
@@ -466,6 +481,9 @@ impl StanzaError {
             condition,
             text,
             by: error.attr("by").map(str::to_owned),
+            // Parsed errors are relayed as they came; the application condition is not
+            // needed to decide anything here.
+            application: None,
         })
     }
 }

@@ -416,17 +416,7 @@ fn unescape(value: &str) -> String {
     out
 }
 
-/// A form field with its values.
-pub(crate) fn field(var: &str, kind: &str, label: Option<&str>, values: &[&str]) -> Element {
-    let mut f = element("field", ns::DATA_FORMS, &[("var", var), ("type", kind)]);
-    if let Some(label) = label {
-        starling_xmpp::stanza::set_attr(&mut f, "label", label);
-    }
-    for v in values {
-        f.append_child(text_element("value", ns::DATA_FORMS, v));
-    }
-    f
-}
+pub(crate) use crate::dataform::field;
 
 fn option_element(value: &str) -> Element {
     let mut o = Element::bare("option", ns::DATA_FORMS);
