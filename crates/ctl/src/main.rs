@@ -51,6 +51,8 @@ const DATA_DIR_ENV: &str = "STARLING_DATA_DIR";
     version,
     about = "Administer a running Starling node (ejabberdctl-compatible commands)",
     after_help = "Run `starlingctl help` to list the commands, `starlingctl help COMMAND` for one.\n\
+                  `starlingctl [--config FILE] check [--no-dns]` checks a configuration, its\n\
+                  certificates, DNS records and ports without a running node.\n\
                   Exit codes: 0 ok, 1 error, 2 usage, 3 node unreachable."
 )]
 struct Cli {
@@ -92,6 +94,9 @@ fn run(cli: &Cli, env_data_dir: Option<OsString>) -> u8 {
         eprintln!("{}", spec::help_text());
         return EXIT_USAGE;
     };
+    if name == "check" {
+        return check(cli);
+    }
     let Some(command) = spec::find(name) else {
         eprintln!("{}", spec::unknown_command_message(name));
         eprintln!("Run `starlingctl help` to list the commands.");
@@ -142,6 +147,43 @@ fn run(cli: &Cli, env_data_dir: Option<OsString>) -> u8 {
             eprintln!(
                 "Unexpected answer from the node at {}: {e}",
                 socket.display()
+            );
+            EXIT_ERROR
+        }
+    }
+}
+
+/// `check`: runs `starling --check` (the server binary next to this one, else from `PATH`),
+/// which has the config loader and module catalogue this small binary leaves out.
+fn check(cli: &Cli) -> u8 {
+    let sibling = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("starling"))
+        .filter(|p| p.is_file());
+    let program = sibling.unwrap_or_else(|| PathBuf::from("starling"));
+    let mut command = std::process::Command::new(&program);
+    command.arg("--check");
+    if let Some(config) = &cli.config {
+        command.arg("--config").arg(config);
+    }
+    if let Some(dir) = &cli.data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    for arg in &cli.args {
+        if arg != "--no-dns" {
+            eprintln!("Error: unknown option {arg:?} for check");
+            eprintln!("Usage: starlingctl [--config FILE] check [--no-dns]");
+            return EXIT_USAGE;
+        }
+        command.arg(arg);
+    }
+    match command.status() {
+        Ok(status) if status.success() => EXIT_OK,
+        Ok(_) => EXIT_ERROR,
+        Err(e) => {
+            eprintln!(
+                "Cannot run {}: {e} (install the starling binary next to starlingctl or on PATH)",
+                program.display()
             );
             EXIT_ERROR
         }

@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

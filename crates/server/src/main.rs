@@ -30,6 +30,13 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// Check the configuration, certificates, DNS records, listener ports and data directory
+    /// (like `prosodyctl check`); one line per finding, exit 1 if anything is an error.
+    #[arg(long)]
+    check: bool,
+    /// With --check: do not query DNS.
+    #[arg(long, requires = "check")]
+    no_dns: bool,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,10 @@ fn main() -> ExitCode {
     };
     if let Some(dir) = cli.data_dir {
         config.data_dir = dir;
+    }
+    if cli.check {
+        // The report lists the config's warnings itself; no log output in between.
+        return check(&config, !cli.no_dns);
     }
     init_logging(&config);
     for warning in &config.warnings {
@@ -121,5 +132,34 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `--check`: prints the findings, exit 1 if any is an error.
+fn check(config: &Config, dns: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starling: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = starling_server::check::Options { dns, ports: true };
+    let report = runtime.block_on(starling_server::check::run(config, options));
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    println!(
+        "{} errors, {} warnings",
+        report.count(starling_server::check::Level::Error),
+        report.count(starling_server::check::Level::Warning)
+    );
+    if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
