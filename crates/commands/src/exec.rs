@@ -82,6 +82,8 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
         "leave_cluster" => leave_cluster(server, arg(args, 0)).await,
         "cluster_status" | "list_cluster" => cluster_status(server),
         "check_account" => check_account(server, arg(args, 0), arg(args, 1)).await,
+        "backup" => backup(server, arg(args, 0)).await,
+        "restore" => restore(server, arg(args, 0)).await,
         "registered_users" => registered_users(server, arg(args, 0)).await,
         "connected_users" => Ok(connected_users(server)),
         "connected_users_number" => Ok(Output::Number(
@@ -278,6 +280,42 @@ fn kick_session(server: &Server, user: &str, host: &str, resource: &str, reason:
     if !reason.is_empty() {
         error = error.with_text(reason);
     }
+async fn backup(server: &Server, file: &str) -> Outcome {
+    let path = std::path::Path::new(file);
+    match server.stores().backup(path).await {
+        Ok(()) => {
+            tracing::info!(file, "database backed up");
+            Ok(Output::Nothing)
+        }
+        Err(StorageError::AlreadyExists) => Err(Failure::new(
+            ErrorKind::Failed,
+            format!("{file} already exists; choose a new file name"),
+        )),
+        Err(e) => Err(Failure::new(
+            ErrorKind::Failed,
+            format!("Cannot back up: {e}"),
+        )),
+    }
+}
+
+async fn restore(server: &Server, file: &str) -> Outcome {
+    let path = std::path::Path::new(file);
+    match server.stores().restore(path).await {
+        Ok(rows) => {
+            tracing::warn!(file, rows, "database restored from a backup");
+            Ok(Output::Text(format!("Restored {rows} rows from {file}")))
+        }
+        Err(StorageError::NotFound) => Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("{file}: no such file"),
+        )),
+        Err(e) => Err(Failure::new(
+            ErrorKind::Failed,
+            format!("Cannot restore {file}: {e}"),
+        )),
+    }
+}
+
     session.close(error);
     tracing::info!(jid = %full, reason, "session kicked by an administrator");
     Ok(Output::Nothing)
@@ -820,3 +858,37 @@ pub(crate) mod tests {
         assert_eq!(format_uptime(Duration::from_secs(90_061)), "1d 1h 1m 1s");
     }
 }
+
+    #[tokio::test]
+    async fn backup_and_restore_round_trip() {
+        let (server, dir) = test_server().await;
+        assert!(matches!(
+            call(&server, "register", &["alice", "example.org", "pw"]).await,
+            Response::Ok(_)
+        ));
+        let file = dir.path().join("backup.db");
+        let file = file.to_str().unwrap();
+        assert!(matches!(call(&server, "backup", &[file]).await, Response::Ok(_)));
+        // A second backup to the same file is refused, not overwritten.
+        assert!(matches!(
+            call(&server, "backup", &[file]).await,
+            Response::Err { kind: ErrorKind::Failed, .. }
+        ));
+        call(&server, "unregister", &["alice", "example.org"]).await;
+        assert!(matches!(
+            call(&server, "check_account", &["alice", "example.org"]).await,
+            Response::Err { .. }
+        ));
+        let Response::Ok(Output::Text(text)) = call(&server, "restore", &[file]).await else {
+            panic!("restore failed");
+        };
+        assert!(text.starts_with("Restored"), "{text}");
+        assert!(matches!(
+            call(&server, "check_account", &["alice", "example.org"]).await,
+            Response::Ok(_)
+        ));
+        assert!(matches!(
+            call(&server, "restore", &["/nonexistent/backup.db"]).await,
+            Response::Err { kind: ErrorKind::NotFound, .. }
+        ));
+    }

@@ -151,6 +151,30 @@ pub const COMMANDS: &[CommandSpec] = &[
         example: "check_account alice example.org",
     },
     CommandSpec {
+        name: "backup",
+        args: &[ArgSpec::required(
+            "file",
+            ArgKind::String,
+            "New file to write (absolute, or relative to starlingctl's directory)",
+        )],
+        result: ResultKind::Nothing,
+        doc: "Write a consistent copy of the embedded database to a new file while the node \
+              serves. PostgreSQL deployments use pg_dump instead (the command says so).",
+        example: "backup /var/backups/starling-2026-11-23.db",
+    },
+    CommandSpec {
+        name: "restore",
+        args: &[ArgSpec::required(
+            "file",
+            ArgKind::String,
+            "Backup file written by `backup` (same Starling version)",
+        )],
+        result: ResultKind::Text,
+        doc: "Replace the whole content of the embedded database by a backup, in one \
+              transaction. The backup must come from the same schema version.",
+        example: "restore /var/backups/starling-2026-11-23.db",
+    },
+    CommandSpec {
         name: "registered_users",
         args: &[HOST],
         result: ResultKind::List,

@@ -118,9 +118,18 @@ fn run(cli: &Cli, env_data_dir: Option<OsString>) -> u8 {
             return EXIT_ERROR;
         }
     };
+    let mut args = cli.args.clone();
+    if matches!(command.name, "backup" | "restore") {
+        // The node runs elsewhere (its own working directory): send an absolute path.
+        if let Some(file) = args.first_mut() {
+            if let Ok(absolute) = std::path::absolute(&*file) {
+                *file = absolute.to_string_lossy().into_owned();
+            }
+        }
+    }
     let request = Request {
         command: command.name.to_owned(),
-        args: cli.args.clone(),
+        args,
     };
     match call(&socket, &request) {
         Ok(Some(response)) => print_response(&response),

@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod backup;
 pub mod mam;
 mod migrations;
 mod muc;
@@ -271,6 +272,14 @@ impl Stores for SqlStore<Sqlite> {
         self.identity.clone()
     }
 
+    fn backup<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.backup_to(path))
+    }
+
+    fn restore<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<u64, StorageError>> {
+        Box::pin(self.restore_from(path))
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         // Closing the pool checkpoints the WAL when the last connection goes, so the database
         // file alone holds everything after shutdown.
@@ -285,6 +294,22 @@ impl Stores for SqlStore<Postgres> {
 
     fn db_identity(&self) -> String {
         self.identity.clone()
+    }
+
+    fn backup<'a>(&'a self, _path: &'a Path) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async {
+            Err(StorageError::Backend(
+                "PostgreSQL: use pg_dump (and pg_restore) on the shared database".to_owned(),
+            ))
+        })
+    }
+
+    fn restore<'a>(&'a self, _path: &'a Path) -> BoxFuture<'a, Result<u64, StorageError>> {
+        Box::pin(async {
+            Err(StorageError::Backend(
+                "PostgreSQL: use pg_restore (or psql) on the shared database".to_owned(),
+            ))
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

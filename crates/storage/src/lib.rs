@@ -91,6 +91,29 @@ pub trait Stores:
         self.backend_name().to_owned()
     }
 
+    /// Writes a consistent copy of the whole database to `path` (a new file) while serving.
+    /// Backends whose own tools do this better (PostgreSQL: `pg_dump`) refuse with
+    /// [`StorageError::Backend`] naming the tool.
+    fn backup<'a>(&'a self, path: &'a std::path::Path) -> BoxFuture<'a, Result<(), StorageError>> {
+        let _ = path;
+        Box::pin(async {
+            Err(StorageError::Backend(
+                "online backup is not available for this backend".to_owned(),
+            ))
+        })
+    }
+
+    /// Replaces the whole database content by the backup at `path` (same schema version);
+    /// returns the rows restored. Refused like [`Self::backup`] where unsupported.
+    fn restore<'a>(&'a self, path: &'a std::path::Path) -> BoxFuture<'a, Result<u64, StorageError>> {
+        let _ = path;
+        Box::pin(async {
+            Err(StorageError::Backend(
+                "online restore is not available for this backend".to_owned(),
+            ))
+        })
+    }
+
     /// Flushes and closes the backend; later calls fail with [`StorageError::Backend`].
     ///
     /// Called once at shutdown. The default does nothing, for backends with nothing to flush.
