@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use starling_storage::AccountStore;
 use starling_xmpp::jid::{BareJid, nodeprep};
 use starling_xmpp::sasl::{self, Mechanism, SaslError};
-use starling_xmpp::scram::{self, ChannelBindings, ScramAwaitFinal};
+use starling_xmpp::scram::{self, ChannelBindings, Credentials, ScramAwaitFinal};
 
 /// What the connection must do next.
 #[derive(Debug)]
@@ -155,16 +155,19 @@ impl Authenticator {
                     None => None,
                 };
                 let nonce = scram::random_nonce();
-                let (exchange, server_first, known) = match &creds {
-                    Some(c) => {
-                        let (x, first) = start.respond(c.keys(hash), &nonce);
-                        (x, first, user)
-                    }
-                    None => {
-                        let (x, first) = start.respond_unknown(&nonce, fake_salt_secret());
-                        (x, first, None)
-                    }
-                };
+                // An imported account may lack this hash's keys: it then fails like an
+                // unknown account (the client retries with PLAIN or another mechanism).
+                let (exchange, server_first, known) =
+                    match creds.as_ref().and_then(|c| c.keys(hash)) {
+                        Some(keys) => {
+                            let (x, first) = start.respond(keys, &nonce);
+                            (x, first, user)
+                        }
+                        None => {
+                            let (x, first) = start.respond_unknown(&nonce, fake_salt_secret());
+                            (x, first, None)
+                        }
+                    };
                 self.pending = Some(Pending::Final(Box::new(exchange), known, name));
                 Step::Challenge(server_first)
             }
@@ -193,10 +196,25 @@ impl Authenticator {
         };
         // PBKDF2 is deliberately slow: keep it off the async workers.
         let password = creds.password;
-        let ok = tokio::task::spawn_blocking(move || stored.verify_plain(&password))
-            .await
-            .unwrap_or(false);
-        if ok {
+        let complete = stored.is_complete();
+        let checked = tokio::task::spawn_blocking(move || {
+            if !stored.verify_plain(&password) {
+                return None;
+            }
+            // An imported account with only some hashes: now that the password is known,
+            // derive keys for all of them, so every SCRAM mechanism works from now on.
+            Some((!complete).then(|| Credentials::new(&password, Credentials::DEFAULT_ITERATIONS)))
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(upgrade) = checked {
+            if let Some(Ok(full)) = upgrade {
+                match accounts.set_credentials(&user, &full).await {
+                    Ok(()) => tracing::info!(%user, "imported account: SCRAM keys completed"),
+                    Err(e) => tracing::warn!(%user, error = %e, "cannot complete SCRAM keys"),
+                }
+            }
             Step::Success {
                 user,
                 additional: None,

@@ -84,6 +84,18 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
         "check_account" => check_account(server, arg(args, 0), arg(args, 1)).await,
         "backup" => backup(server, arg(args, 0)).await,
         "restore" => restore(server, arg(args, 0)).await,
+        "import_piefxis" => {
+            match crate::piefxis::import(server, std::path::Path::new(arg(args, 0))).await {
+                Ok(summary) => Ok(Output::Text(summary.to_string())),
+                Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
+            }
+        }
+        "export_piefxis" => {
+            match crate::piefxis::export(server, std::path::Path::new(arg(args, 0)), None).await {
+                Ok(path) => Ok(Output::Text(format!("Exported to {}", path.display()))),
+                Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
+            }
+        }
         "registered_users" => registered_users(server, arg(args, 0)).await,
         "connected_users" => Ok(connected_users(server)),
         "connected_users_number" => Ok(Output::Number(

@@ -17,6 +17,8 @@
 pub mod control;
 #[cfg(feature = "server")]
 pub mod exec;
+#[cfg(feature = "server")]
+pub mod piefxis;
 pub mod spec;
 
 pub use spec::{

@@ -175,6 +175,31 @@ pub const COMMANDS: &[CommandSpec] = &[
         example: "restore /var/backups/starling-2026-11-23.db",
     },
     CommandSpec {
+        name: "import_piefxis",
+        args: &[ArgSpec::required(
+            "file",
+            ArgKind::String,
+            "XEP-0227 file (its xi:includes are read from the same directory)",
+        )],
+        result: ResultKind::Text,
+        doc: "Import accounts (passwords or SCRAM keys), rosters, vCards, private XML and \
+              offline messages from a XEP-0227 file, as written by ejabberd's export_piefxis \
+              or Prosody's migrator. Existing accounts are skipped, never overwritten.",
+        example: "import_piefxis /tmp/ejabberd-export/20261123-120000.xml",
+    },
+    CommandSpec {
+        name: "export_piefxis",
+        args: &[ArgSpec::required(
+            "dir",
+            ArgKind::String,
+            "Directory to write starling-export.xml into",
+        )],
+        result: ResultKind::Text,
+        doc: "Export every account of every host (SCRAM keys, rosters, vCards, offline \
+              messages) to DIR/starling-export.xml in XEP-0227 format.",
+        example: "export_piefxis /tmp/starling-export",
+    },
+    CommandSpec {
         name: "registered_users",
         args: &[HOST],
         result: ResultKind::List,

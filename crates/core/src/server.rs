@@ -316,6 +316,13 @@ fn start_modules(
         let listed = config.host_modules.get(host).unwrap_or(&config.modules);
         let mut started = HostModules::default();
         for module_config in listed {
+/// Microseconds since the Unix epoch, the unit of the stores' own timestamps.
+pub fn unix_now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
             let Some(module) = catalogue
                 .iter()
                 .find(|m| m.spec().name == module_config.name)

@@ -119,7 +119,10 @@ fn run(cli: &Cli, env_data_dir: Option<OsString>) -> u8 {
         }
     };
     let mut args = cli.args.clone();
-    if matches!(command.name, "backup" | "restore") {
+    if matches!(
+        command.name,
+        "backup" | "restore" | "import_piefxis" | "export_piefxis"
+    ) {
         // The node runs elsewhere (its own working directory): send an absolute path.
         if let Some(file) = args.first_mut() {
             if let Ok(absolute) = std::path::absolute(&*file) {

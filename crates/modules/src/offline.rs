@@ -32,7 +32,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use starling_config::{ModuleOptions, ModuleSpec, OptionKind, OptionSpec};
 use starling_core::BoxFuture;
@@ -687,11 +686,7 @@ fn stamp(micros: i64) -> String {
 }
 
 /// Microseconds since the Unix epoch.
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
+use starling_core::server::unix_now_micros as now_micros;
 
 #[cfg(test)]
 mod tests {

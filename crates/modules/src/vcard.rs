@@ -33,8 +33,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use sha1::{Digest as _, Sha1};
 use starling_config::{ModuleOptions, ModuleSpec, OptionKind, OptionSpec, OptionValue};
 use starling_core::BoxFuture;
 use starling_core::Server;
@@ -51,7 +49,7 @@ use starling_xmpp::stanza::{IqType, Stanza, text_element};
 use crate::iq;
 
 /// XEP-0054 namespace.
-pub const VCARD: &str = "vcard-temp";
+pub const VCARD: &str = starling_xmpp::vcard::NS;
 /// XEP-0153 presence update namespace.
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
 /// Default largest accepted vCard, in bytes of serialised XML.
@@ -199,22 +197,7 @@ fn stored_form(vcard: &Element, max_size: usize) -> Result<StoredVcard, StanzaEr
     })
 }
 
-/// XEP-0153 §3.1: lowercase hex SHA-1 of the decoded `PHOTO/BINVAL`, or `None` if the vCard
-/// has no photo data (none, an `EXTVAL` link, empty, or not base64).
-pub fn photo_hash(vcard: &Element) -> Option<String> {
-    let binval = vcard
-        .get_child("PHOTO", VCARD)?
-        .get_child("BINVAL", VCARD)?
-        .text();
-    // vCard base64 is commonly folded into lines (RFC 2426 §2.4.1); whitespace is not data.
-    let compact: String = binval.chars().filter(|c| !c.is_whitespace()).collect();
-    let image = base64::engine::general_purpose::STANDARD
-        .decode(compact.as_bytes())
-        .ok()
-        .filter(|bytes| !bytes.is_empty())?;
-    let digest = Sha1::digest(&image);
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub use starling_xmpp::vcard::photo_hash;
 
 /// XEP-0054 for the server's own JID.
 struct HostVcard {

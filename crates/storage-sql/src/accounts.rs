@@ -63,29 +63,23 @@ per_backend! {
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut by_hash: HashMap<String, KeysRow> =
-            rows.into_iter().map(|row| (row.0.clone(), row)).collect();
-        let mut take = |hash: ScramHash| -> Result<ScramKeys, StorageError> {
-            let name = hash.name();
-            let (_, salt, iterations, stored_key, server_key) =
-                by_hash.remove(name).ok_or_else(|| {
-                    StorageError::Corrupt(format!("{user}: no {name} keys", user = user.as_str()))
-                })?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for (name, salt, iterations, stored_key, server_key) in rows {
+            let hash = ScramHash::from_name(&name).ok_or_else(|| {
+                StorageError::Corrupt(format!("{}: unknown hash {name:?}", user.as_str()))
+            })?;
             let iterations = u32::try_from(iterations)
                 .map_err(|_| StorageError::Corrupt(format!("iteration count {iterations}")))?;
-            Ok(ScramKeys {
+            keys.push(ScramKeys {
                 hash,
                 salt,
                 iterations,
                 stored_key,
                 server_key,
-            })
-        };
-        Ok(Some(Credentials {
-            sha1: take(ScramHash::Sha1)?,
-            sha256: take(ScramHash::Sha256)?,
-            sha512: take(ScramHash::Sha512)?,
-        }))
+            });
+        }
+        // Accounts imported from another server may hold only some hashes.
+        Ok(Credentials::from_keys(keys))
     }
 
     async fn set_credentials(
@@ -187,7 +181,7 @@ per_backend! {
         creds: &Credentials,
     ) -> Result<(), StorageError> {
         // The `hash` column holds the hash part of the mechanism name ("SHA-256", RFC 5802 §4).
-        for keys in [&creds.sha1, &creds.sha256, &creds.sha512] {
+        for keys in creds.iter() {
             sqlx::query(sql::INSERT_SCRAM_KEYS)
                 .bind(host)
                 .bind(username)

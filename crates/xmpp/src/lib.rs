@@ -16,5 +16,6 @@ pub mod ns;
 pub mod sasl;
 pub mod scram;
 pub mod stanza;
+pub mod vcard;
 
 pub use minidom::Element;

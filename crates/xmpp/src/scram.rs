@@ -56,6 +56,13 @@ impl ScramHash {
         }
     }
 
+    /// The hash a storage or mechanism name designates (`"SHA-256"`), case-insensitively.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name))
+    }
+
     /// Output length in bytes; also the length of stored keys, proofs and signatures.
     pub fn output_len(self) -> usize {
         match self {
@@ -158,15 +165,17 @@ impl ScramKeys {
     }
 }
 
-/// The keys for all three hashes; what account storage keeps.
+/// The SCRAM keys of an account, one set per hash; what account storage keeps.
+///
+/// Accounts created here have all three. Accounts imported from another server (XEP-0227)
+/// may have only the hashes that server kept (SCRAM-SHA-1 for Prosody, SCRAM-SHA-256 for a
+/// default ejabberd); the missing ones are filled in at the next PLAIN login, when the
+/// password is known ([`Self::is_complete`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
-    /// SCRAM-SHA-1 keys.
-    pub sha1: ScramKeys,
-    /// SCRAM-SHA-256 keys; also used to check PLAIN passwords.
-    pub sha256: ScramKeys,
-    /// SCRAM-SHA-512 keys.
-    pub sha512: ScramKeys,
+    sha1: Option<ScramKeys>,
+    sha256: Option<ScramKeys>,
+    sha512: Option<ScramKeys>,
 }
 
 impl Credentials {
@@ -179,24 +188,60 @@ impl Credentials {
         let derive =
             |hash| ScramKeys::derive(hash, password, &random_bytes::<SALT_LEN>(), iterations);
         Ok(Self {
-            sha1: derive(ScramHash::Sha1)?,
-            sha256: derive(ScramHash::Sha256)?,
-            sha512: derive(ScramHash::Sha512)?,
+            sha1: Some(derive(ScramHash::Sha1)?),
+            sha256: Some(derive(ScramHash::Sha256)?),
+            sha512: Some(derive(ScramHash::Sha512)?),
         })
     }
 
-    /// The keys for one hash.
-    pub fn keys(&self, hash: ScramHash) -> &ScramKeys {
+    /// Credentials from stored or imported keys; `None` if there are none. A later key for
+    /// the same hash replaces an earlier one.
+    pub fn from_keys(keys: impl IntoIterator<Item = ScramKeys>) -> Option<Self> {
+        let mut out = Self {
+            sha1: None,
+            sha256: None,
+            sha512: None,
+        };
+        for k in keys {
+            let slot = match k.hash {
+                ScramHash::Sha1 => &mut out.sha1,
+                ScramHash::Sha256 => &mut out.sha256,
+                ScramHash::Sha512 => &mut out.sha512,
+            };
+            *slot = Some(k);
+        }
+        let any = out.sha1.is_some() || out.sha256.is_some() || out.sha512.is_some();
+        any.then_some(out)
+    }
+
+    /// The keys for one hash, if this account has them.
+    pub fn keys(&self, hash: ScramHash) -> Option<&ScramKeys> {
         match hash {
-            ScramHash::Sha1 => &self.sha1,
-            ScramHash::Sha256 => &self.sha256,
-            ScramHash::Sha512 => &self.sha512,
+            ScramHash::Sha1 => self.sha1.as_ref(),
+            ScramHash::Sha256 => self.sha256.as_ref(),
+            ScramHash::Sha512 => self.sha512.as_ref(),
         }
     }
 
-    /// Checks a PLAIN password, using the SHA-256 keys.
+    /// Every key set present, SHA-1 first.
+    pub fn iter(&self) -> impl Iterator<Item = &ScramKeys> {
+        [&self.sha1, &self.sha256, &self.sha512]
+            .into_iter()
+            .filter_map(Option::as_ref)
+    }
+
+    /// True when keys exist for every hash (false for some imported accounts).
+    pub fn is_complete(&self) -> bool {
+        self.sha1.is_some() && self.sha256.is_some() && self.sha512.is_some()
+    }
+
+    /// Checks a PLAIN password with the strongest keys present (SHA-256 when there).
     pub fn verify_plain(&self, password: &str) -> bool {
-        self.sha256.verify_password(password)
+        self.sha256
+            .as_ref()
+            .or(self.sha512.as_ref())
+            .or(self.sha1.as_ref())
+            .is_some_and(|k| k.verify_password(password))
     }
 }
 
@@ -714,7 +759,8 @@ mod tests {
             &client.first(),
             &ChannelBindings::default(),
         );
-        let (state, server_first) = state.respond(creds.keys(ScramHash::Sha512), &random_nonce());
+        let (state, server_first) =
+            state.respond(creds.keys(ScramHash::Sha512).unwrap(), &random_nonce());
         let (client_final, signature) = client.final_message(&server_first);
         let expected = format!("v={}", b64(&signature)).into_bytes();
         assert_eq!(state.finish(client_final.as_bytes()), Ok(expected));
@@ -1003,11 +1049,19 @@ mod tests {
         assert!(creds.verify_plain("pencil"));
         assert!(!creds.verify_plain("Pencil"));
         assert!(!creds.verify_plain(""));
-        assert!(creds.sha1.verify_password("pencil"));
-        assert!(creds.sha512.verify_password("pencil"));
-        assert_ne!(creds.sha1.salt, creds.sha256.salt);
-        assert_eq!(creds.keys(ScramHash::Sha512).stored_key.len(), 64);
-        assert_eq!(creds.keys(ScramHash::Sha1).server_key.len(), 20);
+        let key = |h| creds.keys(h).unwrap();
+        assert!(key(ScramHash::Sha1).verify_password("pencil"));
+        assert!(key(ScramHash::Sha512).verify_password("pencil"));
+        assert_ne!(key(ScramHash::Sha1).salt, key(ScramHash::Sha256).salt);
+        assert_eq!(key(ScramHash::Sha512).stored_key.len(), 64);
+        assert_eq!(key(ScramHash::Sha1).server_key.len(), 20);
+        assert!(creds.is_complete());
+        // Imported accounts may have one hash only; PLAIN still works with it.
+        let only_sha1 = Credentials::from_keys([key(ScramHash::Sha1).clone()]).unwrap();
+        assert!(!only_sha1.is_complete());
+        assert!(only_sha1.keys(ScramHash::Sha256).is_none());
+        assert!(only_sha1.verify_plain("pencil") && !only_sha1.verify_plain("pencil2"));
+        assert!(Credentials::from_keys([]).is_none());
         // OpaqueString maps non-ASCII spaces to ASCII space before hashing.
         let spaced = Credentials::new("a b", 4).unwrap_or_else(|e| panic!("{e}"));
         assert!(spaced.verify_plain("a\u{3000}b"));
