@@ -12,8 +12,10 @@ use starling_storage_sql::SqlStore;
 
 const HOST: &str = "legacy.example";
 
-async fn server(dir: &Path) -> Arc<Server> {
-    let store = SqlStore::open_sqlite(&dir.join("starling.db")).await.unwrap();
+async fn start_server(dir: &Path) -> Arc<Server> {
+    let store = SqlStore::open_sqlite(&dir.join("starling.db"))
+        .await
+        .unwrap();
     let mut config = Config::embedded_default(&[]);
     config.hosts = vec![HOST.to_owned()];
     config.data_dir = dir.to_owned();
@@ -37,9 +39,7 @@ fn fixture() -> PathBuf {
     std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("<server-data"))
-        })
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("<server-data")))
         .expect("main export file")
 }
 
@@ -51,17 +51,30 @@ async fn assert_alice_migrated(server: &Server) {
     let stores = server.stores();
     let alice = jid("alice@legacy.example");
     let creds = stores.credentials(&alice).await.unwrap().expect("alice");
-    assert!(creds.verify_plain("alice-secret"), "ejabberd's SCRAM keys check the password");
+    assert!(
+        creds.verify_plain("alice-secret"),
+        "ejabberd's SCRAM keys check the password"
+    );
     assert!(!creds.verify_plain("wrong"));
-    let bob = stores.credentials(&jid("bob@legacy.example")).await.unwrap().unwrap();
+    let bob = stores
+        .credentials(&jid("bob@legacy.example"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(bob.verify_plain("bob-secret"));
 
     let (items, _) = stores.roster(&alice).await.unwrap();
-    let bobby = items.iter().find(|i| i.jid.as_str() == "bob@legacy.example").unwrap();
+    let bobby = items
+        .iter()
+        .find(|i| i.jid.as_str() == "bob@legacy.example")
+        .unwrap();
     assert_eq!(bobby.name.as_deref(), Some("Bobby"));
     assert_eq!(bobby.subscription.as_str(), "both");
     assert_eq!(bobby.groups, vec!["Friends"]);
-    let carol = items.iter().find(|i| i.jid.as_str() == "carol@remote.example").unwrap();
+    let carol = items
+        .iter()
+        .find(|i| i.jid.as_str() == "carol@remote.example")
+        .unwrap();
     assert_eq!(carol.subscription.as_str(), "to");
 
     let vcard = stores.vcard(&alice).await.unwrap().unwrap();
@@ -75,7 +88,7 @@ async fn assert_alice_migrated(server: &Server) {
 #[tokio::test]
 async fn ejabberd_export_imports_then_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = start_server(dir.path()).await;
     let summary = call(&server, "import_piefxis", fixture().to_str().unwrap()).await;
     assert!(
         summary.starts_with("Imported 2 accounts, 2 roster items, 1 vCards, 1 private XML entries, 1 offline messages"),
@@ -88,39 +101,55 @@ async fn ejabberd_export_imports_then_round_trips() {
         .await
         .unwrap()
         .unwrap();
-    assert!(bookmarks.contains("tea@conference.legacy.example"), "{bookmarks}");
+    assert!(
+        bookmarks.contains("tea@conference.legacy.example"),
+        "{bookmarks}"
+    );
 
     // Importing again changes nothing and says why.
     let again = call(&server, "import_piefxis", fixture().to_str().unwrap()).await;
     assert!(again.starts_with("Imported 0 accounts"), "{again}");
-    assert!(again.contains("alice@legacy.example: already exists"), "{again}");
+    assert!(
+        again.contains("alice@legacy.example: already exists"),
+        "{again}"
+    );
 
     // Export, then import into an empty server: the same accounts come back.
     let out = dir.path().join("export");
     let text = call(&server, "export_piefxis", out.to_str().unwrap()).await;
     assert!(text.starts_with("Exported to"), "{text}");
     let other = tempfile::tempdir().unwrap();
-    let fresh = server(other.path()).await;
+    let fresh = start_server(other.path()).await;
     let file = out.join(starling_commands::piefxis::EXPORT_FILE);
     let summary = call(&fresh, "import_piefxis", file.to_str().unwrap()).await;
-    assert!(summary.starts_with("Imported 2 accounts, 2 roster items, 1 vCards"), "{summary}");
+    assert!(
+        summary.starts_with("Imported 2 accounts, 2 roster items, 1 vCards"),
+        "{summary}"
+    );
     assert_alice_migrated(&fresh).await;
 }
 
 #[tokio::test]
 async fn bad_files_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = start_server(dir.path()).await;
     let req = |arg: &Path| Request {
         command: "import_piefxis".to_owned(),
         args: vec![arg.to_str().unwrap().to_owned()],
     };
-    let missing = starling_commands::exec::execute(&server, &req(&dir.path().join("nope.xml"))).await;
-    assert!(matches!(missing, Response::Err { ref message, .. } if message.contains("cannot read")), "{missing:?}");
+    let missing =
+        starling_commands::exec::execute(&server, &req(&dir.path().join("nope.xml"))).await;
+    assert!(
+        matches!(missing, Response::Err { ref message, .. } if message.contains("cannot read")),
+        "{missing:?}"
+    );
     let broken = dir.path().join("broken.xml");
     std::fs::write(&broken, "<server-data xmlns='urn:xmpp:pie:0'><host").unwrap();
     let r = starling_commands::exec::execute(&server, &req(&broken)).await;
-    assert!(matches!(r, Response::Err { ref message, .. } if message.contains("not well-formed")), "{r:?}");
+    assert!(
+        matches!(r, Response::Err { ref message, .. } if message.contains("not well-formed")),
+        "{r:?}"
+    );
     let escape = dir.path().join("escape.xml");
     std::fs::write(
         &escape,
@@ -128,7 +157,10 @@ async fn bad_files_are_refused_with_the_reason() {
     )
     .unwrap();
     let r = starling_commands::exec::execute(&server, &req(&escape)).await;
-    assert!(matches!(r, Response::Err { ref message, .. } if message.contains("refusing xi:include")), "{r:?}");
+    assert!(
+        matches!(r, Response::Err { ref message, .. } if message.contains("refusing xi:include")),
+        "{r:?}"
+    );
     // A host this node does not serve is reported, not imported.
     let other = dir.path().join("other.xml");
     std::fs::write(
