@@ -84,14 +84,12 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
         "check_account" => check_account(server, arg(args, 0), arg(args, 1)).await,
         "backup" => backup(server, arg(args, 0)).await,
         "restore" => restore(server, arg(args, 0)).await,
-        "import_piefxis" => {
-            match crate::piefxis::import(server, std::path::Path::new(arg(args, 0))).await {
-                Ok(summary) => Ok(Output::Text(summary.to_string())),
-                Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
-            }
-        }
+        "import_piefxis" => match crate::piefxis::import(server, absolute(arg(args, 0))?).await {
+            Ok(summary) => Ok(Output::Text(summary.to_string())),
+            Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
+        },
         "export_piefxis" => {
-            match crate::piefxis::export(server, std::path::Path::new(arg(args, 0)), None).await {
+            match crate::piefxis::export(server, absolute(arg(args, 0))?, None).await {
                 Ok(path) => Ok(Output::Text(format!("Exported to {}", path.display()))),
                 Err(message) => Err(Failure::new(ErrorKind::Failed, message)),
             }
@@ -268,32 +266,20 @@ fn s2s_connections(server: &Server) -> Vec<starling_core::server::RemoteConnecti
         .unwrap_or_default()
 }
 
-fn connected_users(server: &Server) -> Output {
-    let mut jids: Vec<String> = server.sm().all().iter().map(ToString::to_string).collect();
-    jids.sort();
-    Output::List(jids)
-}
-
-fn kick_session(server: &Server, user: &str, host: &str, resource: &str, reason: &str) -> Outcome {
-    let jid = account(server, user, host)?;
-    let full = jid.with_resource(resource).map_err(|e| {
-        Failure::new(
+/// A file argument: absolute, since the node's working directory is not the caller's
+/// (`starlingctl` makes relative paths absolute before sending them).
+fn absolute(file: &str) -> Result<&std::path::Path, Failure> {
+    let path = std::path::Path::new(file);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(Failure::new(
             ErrorKind::Failed,
-            format!("Invalid resource {resource:?}: {e}"),
-        )
-    })?;
-    let Some(session) = server.sm().get(&full) else {
-        return Err(Failure::new(
-            ErrorKind::NotFound,
-            format!("Session {full} not found on this node"),
-        ));
-    };
-    let mut error = StreamError::new(StreamErrorCondition::PolicyViolation);
-    if !reason.is_empty() {
-        error = error.with_text(reason);
+            format!("{file:?} is not an absolute path; give the full path"),
+        ))
     }
 async fn backup(server: &Server, file: &str) -> Outcome {
-    let path = std::path::Path::new(file);
+    let path = absolute(file)?;
     match server.stores().backup(path).await {
         Ok(()) => {
             tracing::info!(file, "database backed up");
@@ -311,7 +297,7 @@ async fn backup(server: &Server, file: &str) -> Outcome {
 }
 
 async fn restore(server: &Server, file: &str) -> Outcome {
-    let path = std::path::Path::new(file);
+    let path = absolute(file)?;
     match server.stores().restore(path).await {
         Ok(rows) => {
             tracing::warn!(file, rows, "database restored from a backup");
