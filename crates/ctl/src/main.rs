@@ -124,10 +124,10 @@ fn run(cli: &Cli, env_data_dir: Option<OsString>) -> u8 {
         "backup" | "restore" | "import_piefxis" | "export_piefxis"
     ) {
         // The node runs elsewhere (its own working directory): send an absolute path.
-        if let Some(file) = args.first_mut() {
-            if let Ok(absolute) = std::path::absolute(&*file) {
-                *file = absolute.to_string_lossy().into_owned();
-            }
+        if let Some(file) = args.first_mut()
+            && let Ok(absolute) = std::path::absolute(&*file)
+        {
+            *file = absolute.to_string_lossy().into_owned();
         }
     }
     let request = Request {
