@@ -156,6 +156,16 @@ impl Drop for TestNode {
     }
 }
 
+async fn tcp_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -179,6 +189,23 @@ impl Client {
     /// Connects with TLS from the first byte (XEP-0368 listeners).
     pub async fn connect_tls(addr: SocketAddr) -> anyhow::Result<Self> {
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await??;
+        let tls = tls_connect(tcp).await?;
+        Ok(Self::over(Box::new(tls)))
+    }
+
+    /// Connects over plain TCP from the local address `from` (a 127.0.0.x alias, so that a
+    /// server behind a proxy can be checked to see this address and not the proxy's).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> anyhow::Result<Self> {
+        let tcp = tokio::time::timeout(TIMEOUT, tcp_from(from, addr)).await??;
+        Ok(Self::over(Box::new(tcp)))
+    }
+
+    /// [`Self::connect_tls`] from the local address `from`.
+    pub async fn connect_tls_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let tcp = tokio::time::timeout(TIMEOUT, tcp_from(from, addr)).await??;
         let tls = tls_connect(tcp).await?;
         Ok(Self::over(Box::new(tls)))
     }

@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod auth;
 pub mod csi;
 pub mod features;
@@ -17,4 +18,5 @@ pub mod session;
 pub mod sm;
 pub mod transport;
 
+pub use admission::{Admission, accept};
 pub use session::{ListenerSettings, run, run_framed};

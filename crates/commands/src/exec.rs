@@ -129,6 +129,30 @@ async fn run(server: &Arc<Server>, spec: &CommandSpec, args: &[String]) -> Outco
             }
             Ok(Output::Nothing)
         }
+        "list_bans" => Ok(Output::List(
+            server
+                .list_bans()
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{} {} {}",
+                        starling_core::ban::key_label(b.key),
+                        b.failures,
+                        b.remaining.as_secs()
+                    )
+                })
+                .collect(),
+        )),
+        "unban_ip" => {
+            let Some(network) = starling_core::ban::Network::parse(arg(args, 0)) else {
+                return Err(Failure::new(
+                    ErrorKind::Failed,
+                    format!("Invalid address or network {:?}", arg(args, 0)),
+                ));
+            };
+            let removed = server.unban(&network);
+            Ok(Output::Number(u64::try_from(removed).unwrap_or(u64::MAX)))
+        }
         "kick_session" => kick_session(
             server,
             arg(args, 0),
@@ -278,6 +302,8 @@ fn absolute(file: &str) -> Result<&std::path::Path, Failure> {
             format!("{file:?} is not an absolute path; give the full path"),
         ))
     }
+}
+
 async fn backup(server: &Server, file: &str) -> Outcome {
     let path = absolute(file)?;
     match server.stores().backup(path).await {
@@ -314,6 +340,30 @@ async fn restore(server: &Server, file: &str) -> Outcome {
     }
 }
 
+fn connected_users(server: &Server) -> Output {
+    let mut jids: Vec<String> = server.sm().all().iter().map(ToString::to_string).collect();
+    jids.sort();
+    Output::List(jids)
+}
+
+fn kick_session(server: &Server, user: &str, host: &str, resource: &str, reason: &str) -> Outcome {
+    let jid = account(server, user, host)?;
+    let full = jid.with_resource(resource).map_err(|e| {
+        Failure::new(
+            ErrorKind::Failed,
+            format!("Invalid resource {resource:?}: {e}"),
+        )
+    })?;
+    let Some(session) = server.sm().get(&full) else {
+        return Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("Session {full} not found on this node"),
+        ));
+    };
+    let mut error = StreamError::new(StreamErrorCondition::PolicyViolation);
+    if !reason.is_empty() {
+        error = error.with_text(reason);
+    }
     session.close(error);
     tracing::info!(jid = %full, reason, "session kicked by an administrator");
     Ok(Output::Nothing)
@@ -606,6 +656,53 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn list_bans_and_unban_ip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlStore::open_sqlite(&dir.path().join("starling.db"))
+            .await
+            .unwrap();
+        let mut config = Config::embedded_default(&[]);
+        config.data_dir = dir.path().to_owned();
+        let mut options = starling_config::ModuleOptions::new();
+        options.insert(
+            "c2s_max_auth_failures",
+            starling_config::OptionValue::Int(2),
+        );
+        config.modules.push(starling_config::ModuleConfig {
+            name: starling_core::ban::MODULE.to_owned(),
+            options,
+        });
+        let server = Server::new(config, Arc::new(store), &[]).unwrap();
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(!server.auth_failed(ip));
+        assert!(server.auth_failed(ip), "the second failure bans");
+        let Response::Ok(Output::List(lines)) = call(&server, "list_bans", &[]).await else {
+            panic!("list_bans failed");
+        };
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("192.0.2.7 2 "), "{lines:?}");
+        assert_eq!(server.counters().abuse().bans_total(), 1);
+        assert_eq!(server.counters().abuse().bans_active(), 1);
+        assert_eq!(
+            call(&server, "unban_ip", &["192.0.2.0/24"]).await,
+            Response::Ok(Output::Number(1))
+        );
+        assert!(server.banned(ip).is_none());
+        assert_eq!(server.counters().abuse().bans_active(), 0);
+        assert_eq!(
+            call(&server, "list_bans", &[]).await,
+            Response::Ok(Output::List(Vec::new()))
+        );
+        assert!(matches!(
+            call(&server, "unban_ip", &["not-an-address"]).await,
+            Response::Err {
+                kind: ErrorKind::Failed,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
     async fn register_check_change_unregister() {
         let (server, _dir) = test_server().await;
         assert_eq!(
@@ -855,7 +952,6 @@ pub(crate) mod tests {
         assert_eq!(format_uptime(Duration::from_secs(3600)), "1h 0m 0s");
         assert_eq!(format_uptime(Duration::from_secs(90_061)), "1d 1h 1m 1s");
     }
-}
 
     #[tokio::test]
     async fn backup_and_restore_round_trip() {
@@ -866,11 +962,17 @@ pub(crate) mod tests {
         ));
         let file = dir.path().join("backup.db");
         let file = file.to_str().unwrap();
-        assert!(matches!(call(&server, "backup", &[file]).await, Response::Ok(_)));
+        assert!(matches!(
+            call(&server, "backup", &[file]).await,
+            Response::Ok(_)
+        ));
         // A second backup to the same file is refused, not overwritten.
         assert!(matches!(
             call(&server, "backup", &[file]).await,
-            Response::Err { kind: ErrorKind::Failed, .. }
+            Response::Err {
+                kind: ErrorKind::Failed,
+                ..
+            }
         ));
         call(&server, "unregister", &["alice", "example.org"]).await;
         assert!(matches!(
@@ -887,6 +989,10 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             call(&server, "restore", &["/nonexistent/backup.db"]).await,
-            Response::Err { kind: ErrorKind::NotFound, .. }
+            Response::Err {
+                kind: ErrorKind::NotFound,
+                ..
+            }
         ));
     }
+}

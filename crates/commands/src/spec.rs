@@ -264,6 +264,26 @@ pub const COMMANDS: &[CommandSpec] = &[
         example: "kick_session alice example.org phone \"Spamming\"",
     },
     CommandSpec {
+        name: "list_bans",
+        args: &[],
+        result: ResultKind::List,
+        doc: "List the addresses banned by mod_fail2ban on this node: address (IPv6: its \
+              /64), failed authentications, seconds until the ban lifts.",
+        example: "list_bans",
+    },
+    CommandSpec {
+        name: "unban_ip",
+        args: &[ArgSpec::required(
+            "address",
+            ArgKind::String,
+            "IP address or network (CIDR), e.g. 192.0.2.7 or 2001:db8::/48",
+        )],
+        result: ResultKind::Number,
+        doc: "Lift mod_fail2ban bans and forget failed authentications of an address or \
+              network on this node; prints how many addresses were unbanned.",
+        example: "unban_ip 192.0.2.7",
+    },
+    CommandSpec {
         name: "create_room",
         args: &[ROOM_NAME, MUC_SERVICE, HOST],
         result: ResultKind::Nothing,

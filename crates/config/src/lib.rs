@@ -62,6 +62,11 @@ pub struct Config {
     pub negotiation_timeout: Duration,
     /// Sessions per user, from `shaper_rules: max_user_sessions`; `None` is unlimited.
     pub max_user_sessions: Option<u32>,
+    /// Named traffic shapers (`shaper: {normal: 1000}`), in bytes per second.
+    pub shapers: BTreeMap<String, u64>,
+    /// `shaper_rules` whose value names a shaper (or `none`), by rule name; of per-ACL values
+    /// the one for `all` applies.
+    pub shaper_rules: BTreeMap<String, String>,
     /// Minimum time between two registrations from one IP; default 600 s, zero disables.
     pub registration_timeout: Duration,
     /// Cluster identity (our `cluster` key), if clustered.
@@ -212,12 +217,19 @@ const EMBEDDED_MODULE_OPTIONS: &[(&str, &str)] = &[
     ("mod_roster", "{versioning: true}"),
 ];
 
+/// Catalogue modules left out of the embedded defaults: `mod_http_upload` needs an HTTP
+/// listener for its URLs, and the embedded defaults have none.
+const EMBEDDED_EXCLUDED: &[&str] = &["mod_http_upload"];
+
 impl Config {
     /// The configuration used when no file is given: `localhost`, the default listeners and
     /// every catalogue module with default options.
     pub fn embedded_default(modules: &[ModuleSpec]) -> Self {
         let mut text = String::from(EMBEDDED_DEFAULT);
-        for m in modules {
+        for m in modules
+            .iter()
+            .filter(|m| !EMBEDDED_EXCLUDED.contains(&m.name))
+        {
             let options = EMBEDDED_MODULE_OPTIONS
                 .iter()
                 .find(|(name, _)| *name == m.name)
@@ -252,6 +264,8 @@ impl Config {
             sql: SqlConfig::default(),
             negotiation_timeout: Duration::from_secs(30),
             max_user_sessions: None,
+            shapers: BTreeMap::new(),
+            shaper_rules: BTreeMap::new(),
             registration_timeout: Duration::from_secs(600),
             cluster: None,
             s2s: S2sConfig::default(),
@@ -268,6 +282,13 @@ impl Config {
     /// The modules enabled for `host` (empty for a host we do not serve).
     pub fn modules_for_host(&self, host: &str) -> &[ModuleConfig] {
         self.host_modules.get(host).map_or(&[], Vec::as_slice)
+    }
+
+    /// The read rate in bytes per second that a listener's `shaper` names: a rule of
+    /// `shaper_rules` or a shaper itself; `None` for `none` or a name that resolves to nothing.
+    pub fn shaper_rate(&self, name: &str) -> Option<u64> {
+        let shaper = self.shaper_rules.get(name).map_or(name, String::as_str);
+        self.shapers.get(shaper).copied()
     }
 
     /// Evaluates an access rule: first match wins, no match denies, an unknown rule denies;

@@ -34,6 +34,14 @@ pub struct Listener {
     pub access: Option<String>,
     /// Shaper name (`shaper: c2s_shaper`).
     pub shaper: Option<String>,
+    /// Our key: most connections open at once on this listener; beyond it new ones are
+    /// refused; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// Our key: most connections open at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_ip: Option<u32>,
+    /// Our key: most new connections per second from one IPv4 address or IPv6 /64 (also the
+    /// burst allowed at once).
+    pub max_connections_rate_per_ip: Option<u32>,
     /// Our key: accept SASL PLAIN without TLS (default false).
     pub allow_plain_without_tls: bool,
     /// Expect a PROXY v1/v2 header first.
@@ -112,6 +120,7 @@ pub const HTTP_HANDLERS: &[&str] = &[
     "mod_prometheus",
     "metrics",
     "health",
+    "mod_http_upload",
 ];
 
 /// ejabberd's request handlers we do not serve yet: a warning, the path is not served.
@@ -122,7 +131,6 @@ const IGNORED_HTTP_HANDLERS: &[&str] = &[
     "ejabberd_xmlrpc",
     "mod_conversejs",
     "mod_http_fileserver",
-    "mod_http_upload",
     "mod_mqtt",
     "mod_register_web",
 ];
@@ -143,6 +151,9 @@ const OPTIONS: &[&str] = &[
     "use_proxy_protocol",
     "request_handlers",
     "allow_plain_without_tls",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_rate_per_ip",
 ];
 
 impl Listener {
@@ -159,6 +170,9 @@ impl Listener {
             max_stanza_size: module.default_max_stanza_size(),
             access: None,
             shaper: None,
+            max_connections: None,
+            max_connections_per_ip: None,
+            max_connections_rate_per_ip: None,
             allow_plain_without_tls: false,
             use_proxy_protocol: false,
             request_handlers: Vec::new(),
@@ -368,6 +382,16 @@ fn parse_listener(
                 }
             }
             "shaper" => l.shaper = string_of(report),
+            "max_connections" => {
+                l.max_connections = positive_or_infinity(v, &key, report)
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            "max_connections_per_ip" => {
+                l.max_connections_per_ip = positive_or_infinity(v, &key, report);
+            }
+            "max_connections_rate_per_ip" => {
+                l.max_connections_rate_per_ip = positive_or_infinity(v, &key, report);
+            }
             "certfile" => l.certfile = string_of(report).map(PathBuf::from),
             "password" => l.password = string_of(report),
             "request_handlers" => l.request_handlers = parse_handlers(v, &key, report),
@@ -493,6 +517,25 @@ fn parse_handlers(node: &Node, path: &str, report: &mut Report) -> Vec<(String, 
     out
 }
 
+/// A connection limit: an integer of at least 1, or `infinity` (`None`).
+fn positive_or_infinity(v: &Node, key: &str, report: &mut Report) -> Option<u32> {
+    match &v.value {
+        Value::Int(n) if *n >= 1 => Some(u32::try_from(*n).unwrap_or(u32::MAX)),
+        Value::Str(s) if is_infinity(s) => None,
+        _ => {
+            report.error(
+                &v.mark,
+                key,
+                format!(
+                    "expected an integer of at least 1 or infinity, got {}",
+                    v.describe()
+                ),
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -522,6 +565,21 @@ mod tests {
         assert_eq!(l[2].module, ListenerModule::Service);
         assert_eq!(l[2].password.as_deref(), Some("s"));
         assert_eq!(Listener::defaults()[1].port, 5223);
+    }
+
+    #[test]
+    fn connection_limits() {
+        let (l, d) = listen(
+            "- {port: 5222, module: c2s, max_connections: 500, max_connections_per_ip: 10, max_connections_rate_per_ip: infinity}\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(l[0].max_connections, Some(500));
+        assert_eq!(l[0].max_connections_per_ip, Some(10));
+        assert_eq!(l[0].max_connections_rate_per_ip, None);
+        assert_eq!(Listener::new(ListenerModule::C2s, 1).max_connections, None);
+        let (_, d) = listen("- {port: 5222, module: c2s, max_connections_per_ip: 0}\n");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].contains("at least 1"), "{d:?}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ const SUPPORTED: &[&str] = &[
     "registration_timeout",
     "cluster",
     "auth_password_format",
+    "shaper",
+    "shaper_rules",
 ];
 
 /// Nested includes deeper than this are refused (a loop the path check missed, or abuse).
@@ -534,6 +536,13 @@ fn build(top: &[Top], modules: &[ModuleSpec], report: &mut Report) -> Config {
     if let Some(v) = get("shaper_rules") {
         config.max_user_sessions = max_user_sessions(v, report);
     }
+    if let Some(v) = get("shaper") {
+        config.shapers = parse_shapers(v, report);
+    }
+    if let Some(v) = get("shaper_rules") {
+        config.shaper_rules = parse_shaper_rules(v, report);
+    }
+    check_listener_shapers(&config, get("listen"), report);
 
     for t in top {
         if crate::s2s::KEYS.contains(&t.name.as_str()) {
@@ -998,6 +1007,122 @@ fn max_user_sessions(node: &Node, report: &mut Report) -> Option<u32> {
     }
 }
 
+/// `shaper: {NAME: RATE}` or `{NAME: {rate: RATE, burst_size: N}}`: bytes per second.
+fn parse_shapers(node: &Node, report: &mut Report) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Value::Map(entries) = &node.value else {
+        report.error(
+            &node.mark,
+            "shaper",
+            format!(
+                "expected a map of shaper names to rates, got {}",
+                node.describe()
+            ),
+        );
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(name) = k.scalar_text() else {
+            continue;
+        };
+        let key = format!("shaper.{name}");
+        let rate = match &v.value {
+            Value::Map(fields) => {
+                for (f, _) in fields {
+                    if f.as_str() == Some("burst_size") {
+                        report.warning(
+                            &f.mark,
+                            &key,
+                            "burst_size is not supported; the burst is one second of rate",
+                        );
+                    }
+                }
+                fields
+                    .iter()
+                    .find(|(f, _)| f.as_str() == Some("rate"))
+                    .map(|(_, r)| r)
+            }
+            _ => Some(v),
+        };
+        match rate.map(|r| &r.value) {
+            Some(Value::Int(n)) if *n >= 1 => {
+                out.insert(name, u64::try_from(*n).unwrap_or(u64::MAX));
+            }
+            _ => report.error(
+                &v.mark,
+                &key,
+                format!(
+                    "expected a rate in bytes per second (at least 1), got {}",
+                    v.describe()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// The `shaper_rules` whose value is a name (a shaper or `none`): `RULE: NAME`, or per-ACL
+/// `RULE: {NAME: ACL}` / `[{NAME: ACL}]`, of which the value for `all` applies. Numeric rules
+/// (`max_user_sessions`, `max_user_offline_messages`) are read elsewhere.
+fn parse_shaper_rules(node: &Node, report: &mut Report) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Value::Map(entries) = &node.value else {
+        return out;
+    };
+    let name_for_all = |n: &Node| -> Option<String> {
+        match &n.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Map(pairs) => pairs
+                .iter()
+                .find(|(_, acl)| acl.as_str() == Some("all"))
+                .and_then(|(name, _)| name.as_str().map(str::to_owned)),
+            _ => None,
+        }
+    };
+    for (k, v) in entries {
+        let Some(rule) = k.scalar_text() else {
+            continue;
+        };
+        let found = match &v.value {
+            Value::Seq(items) => items.iter().find_map(name_for_all),
+            _ => name_for_all(v),
+        };
+        // Numeric rules (`max_user_sessions: 10`, `5000: admin`) are not shaper names.
+        let Some(name) = found.filter(|n| n.parse::<i64>().is_err() && !is_infinity(n)) else {
+            continue;
+        };
+        if !matches!(v.value, Value::Str(_)) {
+            report.warning(
+                &v.mark,
+                &format!("shaper_rules.{rule}"),
+                "per-ACL shapers are not supported yet; the value for `all` applies to everyone",
+            );
+        }
+        out.insert(rule, name);
+    }
+    out
+}
+
+/// A listener's `shaper` must name a rule of `shaper_rules`, a shaper, or `none`.
+fn check_listener_shapers(config: &Config, listen: Option<&Node>, report: &mut Report) {
+    let Some(listen) = listen else {
+        return;
+    };
+    for l in &config.listen {
+        let Some(name) = l.shaper.as_deref() else {
+            continue;
+        };
+        let target = config.shaper_rules.get(name).map_or(name, String::as_str);
+        if target != "none" && !config.shapers.contains_key(target) {
+            report.error(
+                &listen.mark,
+                &format!("listen.{}.shaper", l.port),
+                format!("{name} is neither a shaper nor a rule of shaper_rules naming one"),
+            );
+        }
+    }
+}
+
 /// What module validation needs: the catalogue, and the ACLs/rules for `AccessRule` options.
 struct ModuleContext<'a> {
     catalogue: &'a [ModuleSpec],
@@ -1171,6 +1296,24 @@ fn parse_host_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapers_resolve_through_rules_and_unknown_names_are_errors() {
+        let ok = "listen:\n  - {port: 5222, module: c2s, shaper: c2s_shaper}\n\
+                  shaper:\n  normal: 1000\n  fast: {rate: 50000}\n\
+                  shaper_rules:\n  c2s_shaper: [{none: admin}, {normal: all}]\n  \
+                  s2s_shaper: fast\n  max_user_sessions: 3\n";
+        let c = load_str(ok, "t.yml", &[]).unwrap();
+        assert_eq!(c.shaper_rate("c2s_shaper"), Some(1000));
+        assert_eq!(c.shaper_rate("fast"), Some(50_000));
+        assert_eq!(c.shaper_rate("none"), None);
+        assert_eq!(c.max_user_sessions, Some(3));
+        assert!(!c.shaper_rules.contains_key("max_user_sessions"));
+        let bad = "listen:\n  - {port: 5222, module: c2s, shaper: slow}\nshaper: {normal: 0}\n";
+        let d = load_str(bad, "t.yml", &[]).unwrap_err().to_string();
+        assert!(d.contains("listen.5222.shaper"), "{d}");
+        assert!(d.contains("shaper.normal"), "{d}");
+    }
 
     #[test]
     fn globs() {

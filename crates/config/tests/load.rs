@@ -531,6 +531,11 @@ fn realistic_ejabberd_style_file_loads_with_warnings() {
     assert_eq!(c.listen[2].module, ListenerModule::S2s);
     assert_eq!(c.listen[3].request_handlers.len(), 4);
     assert_eq!(c.max_user_sessions, Some(10));
+    // Shapers are applied now: c2s_shaper resolves to `normal` (the value for `all`).
+    assert_eq!(c.shapers.get("normal"), Some(&3000));
+    assert_eq!(c.shaper_rate("c2s_shaper"), Some(3000));
+    assert_eq!(c.shaper_rate("s2s_shaper"), Some(100_000));
+    assert!(!c.shaper_rules.contains_key("max_user_offline_messages"));
     assert!(c.certfiles.is_empty());
     assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
     // s2s_use_starttls is supported now (issue 8).
@@ -540,7 +545,6 @@ fn realistic_ejabberd_style_file_loads_with_warnings() {
     for expected in [
         "api_permissions: this ejabberd option",
         "acme: this ejabberd option",
-        "shaper: this ejabberd option",
         "modules.mod_mam: module mod_mam is not supported yet",
         "modules.mod_vcard: module mod_vcard is not supported yet",
         "listen[4].module: listener module ejabberd_stun",

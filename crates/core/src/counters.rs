@@ -160,6 +160,7 @@ pub struct Counters {
     auth_failure: [AtomicU64; MECHANISMS],
     sessions: [AtomicI64; 3],
     routing: LatencyHistogram,
+    abuse: crate::ban::AbuseCounters,
 }
 
 impl Counters {
@@ -223,6 +224,11 @@ impl Counters {
     /// The routing latency histogram (time to route one stanza received from a connection).
     pub fn routing(&self) -> &LatencyHistogram {
         &self.routing
+    }
+
+    /// Bans and refused connections ([`crate::ban`]).
+    pub fn abuse(&self) -> &crate::ban::AbuseCounters {
+        &self.abuse
     }
 }
 

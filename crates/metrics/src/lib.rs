@@ -163,6 +163,33 @@ impl Collector for CoreCollector {
             }
         }
 
+        let abuse = c.abuse();
+        let family = encoder.encode_descriptor(
+            "bans",
+            "Addresses banned by mod_fail2ban after repeated authentication failures",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(abuse.bans_total()).encode(family)?;
+        let family = encoder.encode_descriptor(
+            "bans_active",
+            "Addresses banned right now (as of the last change or sweep of the ban table)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(abuse.bans_active()).encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "connections_refused",
+            "Connections refused at accept, by reason (banned, max_connections, per_ip, rate)",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in starling_core::ban::Refusal::ALL {
+            let labels = [("reason", reason.label())];
+            ConstCounter::new(abuse.refused_total(reason))
+                .encode(family.encode_family(&labels)?)?;
+        }
+
         let routing = c.routing().snapshot();
         let mut family = encoder.encode_descriptor(
             "routing_duration_seconds",
@@ -241,6 +268,30 @@ mod tests {
                 "starling_routing_duration_seconds_bucket{le=\"+Inf\"}"
             ),
             Some("starling_routing_duration_seconds_bucket{le=\"+Inf\"} 1")
+        );
+    }
+
+    #[test]
+    fn abuse_families_are_exported() {
+        let counters = Arc::new(Counters::default());
+        let metrics = Metrics::new(counters.clone());
+        counters.abuse().refused(starling_core::ban::Refusal::PerIp);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("# TYPE starling_bans counter"), "{text}");
+        assert_eq!(
+            line(&text, "starling_bans_total"),
+            Some("starling_bans_total 0")
+        );
+        assert_eq!(
+            line(&text, "starling_bans_active"),
+            Some("starling_bans_active 0")
+        );
+        assert_eq!(
+            line(
+                &text,
+                "starling_connections_refused_total{reason=\"per_ip\"}"
+            ),
+            Some("starling_connections_refused_total{reason=\"per_ip\"} 1")
         );
     }
 
