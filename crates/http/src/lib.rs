@@ -8,6 +8,7 @@
 //! | `mod_http_api`, `api` | admin API, `POST PATH/<command>` | [`api`] |
 //! | `mod_prometheus`, `metrics` | Prometheus metrics, `GET PATH` | [`metrics`] |
 //! | `health` | load-balancer health, `GET PATH` | [`health`] |
+//! | `mod_http_upload` | XEP-0363 file upload, `PUT`/`GET PATH/...` | [`upload`] |
 //!
 //! The names are `starling_config::HTTP_HANDLERS` (the config loader warns about any
 //! other). Each handler is mounted under its path prefix and counted in
@@ -24,6 +25,7 @@ pub mod bosh;
 pub mod health;
 pub mod metrics;
 mod serve;
+pub mod upload;
 pub mod ws;
 
 use std::sync::Arc;
@@ -85,6 +87,8 @@ pub enum Handler {
     Metrics,
     /// Health for load balancers.
     Health,
+    /// XEP-0363 file upload and download.
+    Upload,
 }
 
 impl Handler {
@@ -96,6 +100,7 @@ impl Handler {
             "mod_http_api" | "api" => Some(Self::Api),
             "mod_prometheus" | "metrics" => Some(Self::Metrics),
             "health" => Some(Self::Health),
+            "mod_http_upload" => Some(Self::Upload),
             _ => None,
         }
     }
@@ -123,11 +128,12 @@ pub fn router(ctx: &HttpContext, listener: &Listener) -> Router {
             continue;
         };
         let routes = match handler {
-            Handler::WebSocket => mount(ws::routes(ctx.server.clone()), path),
-            Handler::Bosh => mount(bosh::routes(ctx.server.clone()), path),
+            Handler::WebSocket => mount(ws::routes(ctx.server.clone(), listener), path),
+            Handler::Bosh => mount(bosh::routes(ctx.server.clone(), listener), path),
             Handler::Api => api::routes(ctx.server.clone(), path),
             Handler::Metrics => metrics::routes(ctx.metrics.clone(), path),
             Handler::Health => health::routes(ctx.clone(), path),
+            Handler::Upload => mount(upload::routes(ctx.server.clone()), path),
         };
         let label = Label {
             metrics: ctx.metrics.clone(),
@@ -213,7 +219,8 @@ mod tests {
         assert_eq!(Handler::from_name("mod_http_api"), Some(Handler::Api));
         assert_eq!(Handler::from_name("mod_prometheus"), Some(Handler::Metrics));
         assert_eq!(Handler::from_name("health"), Some(Handler::Health));
-        assert_eq!(Handler::from_name("mod_http_upload"), None);
+        assert_eq!(Handler::from_name("mod_http_upload"), Some(Handler::Upload));
+        assert_eq!(Handler::from_name("mod_http_fileserver"), None);
         for name in starling_config::HTTP_HANDLERS {
             // Every name the config accepts without a warning is served.
             assert!(Handler::from_name(name).is_some(), "{name}");

@@ -5,6 +5,11 @@
 //! the handshake (bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never holds up
 //! the others, as it would if `accept` itself awaited each handshake. The certificates are the
 //! node's `Certificates` (SNI-selected, like c2s); only ALPN differs (`http/1.1`).
+//!
+//! With `use_proxy_protocol: true` the same per-connection task first reads the PROXY v1/v2
+//! header (`starling_listener::proxy`), closing connections without one, and the address it
+//! names becomes the connection's [`PeerAddr`]; plain listeners then go through the same
+//! channel of prepared connections ([`ProxiedListener`]).
 
 use std::future::Future;
 use std::io;
@@ -37,16 +42,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let app = crate::router(&ctx, listener).into_make_service_with_connect_info::<PeerAddr>();
-    match tls {
-        None => {
+    let proxy = listener
+        .use_proxy_protocol
+        .then_some(starling_listener::accept::PROXY_HEADER_TIMEOUT);
+    match (tls, proxy) {
+        (None, None) => {
             axum::serve(socket, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
-        Some(config) => {
+        (None, Some(deadline)) => {
+            let proxied = ProxiedListener::spawn(socket, deadline)?;
+            axum::serve(proxied, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        (Some(config), proxy) => {
             let mut config = (*config).clone();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let tls = TlsListener::spawn(socket, TlsAcceptor::from(Arc::new(config)))?;
+            let tls = TlsListener::spawn(socket, TlsAcceptor::from(Arc::new(config)), proxy)?;
             axum::serve(tls, app).with_graceful_shutdown(shutdown).await
         }
     }
@@ -68,6 +82,73 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
     }
 }
 
+impl Connected<IncomingStream<'_, ProxiedListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, ProxiedListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// A plain listener behind a load balancer: yields connections whose PROXY header has been
+/// read, with the client's address.
+struct ProxiedListener {
+    ready: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl ProxiedListener {
+    fn spawn(socket: TcpListener, deadline: Duration) -> io::Result<Self> {
+        let local = socket.local_addr()?;
+        let (tx, ready) = mpsc::channel(HANDSHAKE_QUEUE);
+        tokio::spawn(proxy_accept_loop(socket, deadline, tx));
+        Ok(Self { ready, local })
+    }
+}
+
+async fn proxy_accept_loop(
+    socket: TcpListener,
+    deadline: Duration,
+    tx: mpsc::Sender<(TcpStream, SocketAddr)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = tx.closed() => return,
+            a = socket.accept() => a,
+        };
+        match accepted {
+            Ok((mut tcp, peer)) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let proxied =
+                        starling_listener::accept::proxied_peer(&mut tcp, peer, deadline).await;
+                    if let Some(client) = proxied {
+                        let _ = tx.send((tcp, client)).await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for ProxiedListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// A listener yielding connections whose TLS handshake is complete.
 struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
@@ -75,10 +156,15 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn spawn(socket: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
+    /// `proxy`: read a PROXY header (within this deadline) before the TLS handshake.
+    fn spawn(
+        socket: TcpListener,
+        acceptor: TlsAcceptor,
+        proxy: Option<Duration>,
+    ) -> io::Result<Self> {
         let local = socket.local_addr()?;
         let (tx, ready) = mpsc::channel(HANDSHAKE_QUEUE);
-        tokio::spawn(accept_loop(socket, acceptor, tx));
+        tokio::spawn(accept_loop(socket, acceptor, proxy, tx));
         Ok(Self { ready, local })
     }
 }
@@ -86,6 +172,7 @@ impl TlsListener {
 async fn accept_loop(
     socket: TcpListener,
     acceptor: TlsAcceptor,
+    proxy: Option<Duration>,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     loop {
@@ -95,10 +182,21 @@ async fn accept_loop(
             a = socket.accept() => a,
         };
         match accepted {
-            Ok((tcp, peer)) => {
+            Ok((mut tcp, peer)) => {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let peer = match proxy {
+                        None => peer,
+                        Some(deadline) => {
+                            match starling_listener::accept::proxied_peer(&mut tcp, peer, deadline)
+                                .await
+                            {
+                                Some(client) => client,
+                                None => return,
+                            }
+                        }
+                    };
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send((stream, peer)).await;

@@ -444,3 +444,21 @@ async fn stream_close_is_answered() {
         }
     }
 }
+
+/// RFC 6121 appendix E: we advertise `<session><optional/></session>`, and clients that send
+/// the RFC 3921 session IQ after binding (strophe.js) get a result, not an error.
+#[tokio::test]
+async fn legacy_session_iq_after_bind_is_answered() {
+    let node = TestNode::start().await.unwrap();
+    node.register("sess", "pw").await.unwrap();
+    let mut client = node.login("sess", "pw", "r").await.unwrap();
+    let reply = client
+        .iq(
+            "<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+            "s1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.attr("type"), Some("result"));
+    assert_eq!(reply.attr("from"), Some("localhost"));
+}
