@@ -78,8 +78,8 @@ class Account:
         return f"{self.user}@{self.host}"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports that were free on 127.0.0.1 a moment ago.
+def free_ports(count: int, ip: str = LOOPBACK) -> list[int]:
+    """Ports that were free on `ip` (127.0.0.1) a moment ago.
 
     All sockets stay open until every port is picked, so the ports differ; the small
     window before the server binds is covered by a retry in `StarlingServer.start`.
@@ -88,7 +88,7 @@ def free_ports(count: int) -> list[int]:
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
+            s.bind((ip, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -102,17 +102,27 @@ def free_ports(count: int) -> list[int]:
 DEFAULT_EXTRA = "registration_timeout: infinity\n"
 
 
-def render_config(data_dir: Path, starttls_port: int, tls_port: int, extra: str = DEFAULT_EXTRA) -> str:
+def render_config(
+    data_dir: Path,
+    starttls_port: int,
+    tls_port: int,
+    extra: str = DEFAULT_EXTRA,
+    *,
+    host: str = HOST,
+    ip: str = LOOPBACK,
+    listeners: str = "",
+) -> str:
     """The server config, in the ejabberd.yml shape the server contract accepts;
-    `extra` is appended as top-level YAML."""
+    `extra` is appended as top-level YAML, `listeners` (YAML list items, indented two
+    spaces) to the `listen` list."""
     return f"""\
-hosts: [{HOST}]
+hosts: [{host}]
 data_dir: {data_dir}
 loglevel: debug
 listen:
-  - {{port: {starttls_port}, ip: {LOOPBACK}, module: ejabberd_c2s, starttls_required: true}}
-  - {{port: {tls_port}, ip: {LOOPBACK}, module: ejabberd_c2s, tls: true}}
-acl:
+  - {{port: {starttls_port}, ip: {ip}, module: ejabberd_c2s, starttls_required: true}}
+  - {{port: {tls_port}, ip: {ip}, module: ejabberd_c2s, tls: true}}
+{listeners}acl:
   loopback: {{ip: ["127.0.0.0/8", "::1/128"]}}
 access_rules:
   trusted_network: {{allow: loopback}}
@@ -128,9 +138,9 @@ modules:
 {extra}"""
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, ip: str = LOOPBACK) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+        with socket.create_connection((ip, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -139,14 +149,15 @@ def _accepts(port: int) -> bool:
 class StarlingServer:
     """One running `starling` process with its own data dir and ports."""
 
-    def __init__(self, workdir: Path, binaries: Binaries) -> None:
+    def __init__(self, workdir: Path, binaries: Binaries, *, host: str = HOST, ip: str = LOOPBACK) -> None:
         self.workdir = workdir
         self.binaries = binaries
         self.data_dir = workdir / "data"
         self.config_path = workdir / "starling.yml"
         self.log_path = workdir / "starling.log"
         self.control_socket = self.data_dir / "starling.sock"
-        self.host = HOST
+        self.host = host
+        self.ip = ip
         self.starttls_port = 0
         self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -155,21 +166,39 @@ class StarlingServer:
 
     @classmethod
     def start(
-        cls, workdir: Path, binaries: Binaries, *, extra_config: str = DEFAULT_EXTRA, attempts: int = 3
+        cls,
+        workdir: Path,
+        binaries: Binaries,
+        *,
+        extra_config: str = DEFAULT_EXTRA,
+        attempts: int = 3,
+        host: str = HOST,
+        ip: str = LOOPBACK,
+        listeners: str = "",
     ) -> StarlingServer:
         """Start a server and wait until both c2s listeners accept connections.
 
         Retries with fresh ports when the process dies early (a port taken between
-        `free_ports` and the server's bind is the expected cause).
+        `free_ports` and the server's bind is the expected cause). `host`/`ip`: the served
+        domain and the loopback address to listen on; `listeners`: more `listen` items (s2s,
+        components), with ports the caller chose.
         """
-        server = cls(workdir, binaries)
+        server = cls(workdir, binaries, host=host, ip=ip)
         last_error = ""
         for _ in range(attempts):
-            server.starttls_port, server.tls_port = free_ports(2)
+            server.starttls_port, server.tls_port = free_ports(2, ip)
             server.data_dir.mkdir(parents=True, exist_ok=True)
             server.control_socket.unlink(missing_ok=True)  # a failed attempt's leftover
             server.config_path.write_text(
-                render_config(server.data_dir, server.starttls_port, server.tls_port, extra_config)
+                render_config(
+                    server.data_dir,
+                    server.starttls_port,
+                    server.tls_port,
+                    extra_config,
+                    host=host,
+                    ip=ip,
+                    listeners=listeners,
+                )
             )
             try:
                 server._spawn()
@@ -196,7 +225,11 @@ class StarlingServer:
                 raise RuntimeError(f"starling exited with {code} before it was ready:\n{self.log_tail()}")
             # The control socket comes up after the listeners; fixtures call
             # starlingctl right away, so wait for it too.
-            if _accepts(self.starttls_port) and _accepts(self.tls_port) and self.control_socket.exists():
+            if (
+                _accepts(self.starttls_port, self.ip)
+                and _accepts(self.tls_port, self.ip)
+                and self.control_socket.exists()
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError(

@@ -107,8 +107,10 @@ class TestClient(slixmpp.ClientXMPP):
 
     # -- connection --------------------------------------------------------------------
 
-    async def login(self, port: int, *, direct_tls: bool = False, timeout: float = WAIT) -> None:
-        """Connect to 127.0.0.1:`port` and wait until the session is bound.
+    async def login(
+        self, port: int, *, direct_tls: bool = False, timeout: float = WAIT, ip: str = LOOPBACK
+    ) -> None:
+        """Connect to `ip`:`port` (127.0.0.1) and wait until the session is bound.
 
         `direct_tls` selects XEP-0368 TLS-from-the-first-byte; otherwise STARTTLS.
         Raises LoginFailed naming the first failure event seen.
@@ -138,7 +140,7 @@ class TestClient(slixmpp.ClientXMPP):
         for ev, h in handlers:
             self.add_event_handler(ev, h)
         try:
-            self.connect(LOOPBACK, port)
+            self.connect(ip, port)
             try:
                 result = await asyncio.wait_for(outcome, timeout)
             except TimeoutError:
@@ -219,7 +221,8 @@ class ClientFactory:
         """A client for `account`, logged in; with `presence`, it also sent initial presence."""
         client = self.new(account, resource=resource, mech=mech)
         port = self.server.tls_port if direct_tls else self.server.starttls_port
-        await client.login(port, direct_tls=direct_tls)
+        # Federation tests run servers on other loopback addresses (federation_servers.py).
+        await client.login(port, direct_tls=direct_tls, ip=getattr(self.server, "ip", LOOPBACK))
         if presence:
             client.send_presence()
             # The server reflects initial presence to the sender (RFC 6121 §4.2.2); once

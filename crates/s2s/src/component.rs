@@ -2,7 +2,9 @@
 //! secret with `<handshake/>`, and its domain is routed to it until it disconnects.
 //!
 //! A second connection for a domain already connected is refused with `<conflict/>` (the first
-//! keeps working), as ejabberd does. A component may send from its domain or a subdomain of it
+//! keeps working), as ejabberd does; in a cluster the route is cluster-wide
+//! (`starling_core::routes`), so this holds across nodes, and the loser of two nodes
+//! registering at once is closed with `<conflict/>` when it hears of the winner. A component may send from its domain or a subdomain of it
 //! (`<invalid-from/>` otherwise).
 
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ pub struct ComponentSettings {
     pub negotiation_timeout: Duration,
     /// Largest stanza accepted.
     pub max_stanza_size: usize,
+    /// Each connection starts with a PROXY v1/v2 header (`use_proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 /// Serves component connections on `socket` until the node stops.
@@ -45,7 +49,9 @@ pub async fn serve(server: Arc<Server>, socket: TcpListener, settings: Component
         let _ = state.wait_for(|s| *s == NodeState::Stopping).await;
     };
     let settings = Arc::new(settings);
-    starling_listener::accept::serve(socket, 10_000, shutdown, move |tcp, peer| {
+    let accept =
+        starling_listener::accept::Accept::new(10_000).with_proxy_protocol(settings.proxy_protocol);
+    starling_listener::accept::serve_with(socket, accept, shutdown, move |tcp, peer| {
         run(server.clone(), settings.clone(), tcp, peer)
     })
     .await;
@@ -54,6 +60,8 @@ pub async fn serve(server: Arc<Server>, socket: TcpListener, settings: Component
 /// The route a connected component registers: stanzas go to its connection's queue.
 struct Route {
     tx: mpsc::Sender<Stanza>,
+    /// Signalled when another member's registration of the domain wins a race.
+    revoked: Arc<tokio::sync::Notify>,
 }
 
 impl Service for Route {
@@ -71,6 +79,11 @@ impl Service for Route {
                 .await;
             }
         })
+    }
+
+    fn revoked(&self) {
+        // A permit is stored if the connection's loop is not waiting at this instant.
+        self.revoked.notify_one();
     }
 }
 
@@ -95,7 +108,12 @@ async fn run(
         }
     };
     let (tx, mut rx) = mpsc::channel(QUEUE);
-    if !server.add_route(&domain, Arc::new(Route { tx })) {
+    let revoked = Arc::new(tokio::sync::Notify::new());
+    let route = Route {
+        tx,
+        revoked: revoked.clone(),
+    };
+    if !server.add_route(&domain, Arc::new(route)) {
         tracing::warn!(%peer, %domain, "component refused: domain already connected or served");
         stream
             .fail(&StreamError::new(StreamErrorCondition::Conflict))
@@ -114,6 +132,10 @@ async fn run(
             biased;
             () = stopping(&mut state) => {
                 break Err(StreamError::new(StreamErrorCondition::SystemShutdown));
+            }
+            () = revoked.notified() => {
+                tracing::warn!(%peer, %domain, "component closed: another cluster member's registration of its domain won");
+                break Err(StreamError::new(StreamErrorCondition::Conflict));
             }
             s = rx.recv() => {
                 let Some(s) = s else { break Ok(()) };

@@ -9,6 +9,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use minidom::Element;
 use sha2::{Digest, Sha256};
+use starling_xmpp::codec::to_bytes;
 use starling_xmpp::stanza::{element, set_attr};
 use subtle::ConstantTimeEq;
 
@@ -194,10 +195,39 @@ pub fn result_error(from: &str, to: &str, condition: &str) -> Element {
         NS,
         &[("from", from), ("to", to), ("type", "error")],
     );
-    let mut error = element("error", NS, &[("type", "cancel")]);
+    // The error is a stanza-style error in the stream's content namespace (XEP-0220 §2.4).
+    let mut error = element("error", starling_xmpp::ns::SERVER, &[("type", "cancel")]);
     error.append_child(element(condition, starling_xmpp::ns::STANZAS, &[]));
     el.append_child(error);
     el
+}
+
+/// The bytes to send for a dialback element: `<db:result …>` / `<db:verify …>`, using the
+/// `db` prefix our stream header declares.
+///
+/// A default-namespace declaration (`<result xmlns='jabber:server:dialback'>`) is the same
+/// XML, but ejabberd's parser does not resolve prefixes and recognises dialback elements only
+/// by the literal names `db:result` and `db:verify` (as in XEP-0220's examples); it silently
+/// ignores anything else, so dialback with it would hang until the deadline.
+pub fn to_wire(el: &Element) -> Vec<u8> {
+    let bytes = to_bytes(el);
+    let name = el.name();
+    let open = format!("<{name} xmlns='{NS}'");
+    let Some(rest) = bytes.strip_prefix(open.as_bytes()) else {
+        // Not a dialback element of our serialiser's usual shape: send it as it is.
+        return bytes;
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    out.extend_from_slice(format!("<db:{name}").as_bytes());
+    match rest.strip_suffix(format!("</{name}>").as_bytes()) {
+        Some(body) => {
+            out.extend_from_slice(body);
+            out.extend_from_slice(format!("</db:{name}>").as_bytes());
+        }
+        // Self-closing: `… />` needs no change.
+        None => out.extend_from_slice(rest),
+    }
+    out
 }
 
 fn verdict(valid: bool) -> &'static str {
@@ -279,6 +309,79 @@ mod tests {
         assert_eq!(
             Dialback::parse(&element("verify", NS, &[("from", "a")])),
             None
+        );
+    }
+
+    /// Parses `xml` as it would arrive inside an s2s stream that declares `xmlns:db`.
+    fn in_stream(xml: &[u8]) -> Element {
+        let mut parser = starling_xmpp::codec::StreamParser::new(
+            starling_xmpp::ns::SERVER,
+            starling_xmpp::codec::Limits::default(),
+        );
+        parser.feed(crate::wire::s2s_header(Some("a.test"), Some("b.test"), None).as_bytes());
+        parser.feed(xml);
+        let mut found = None;
+        while let Ok(Some(event)) = parser.next_event() {
+            if let starling_xmpp::codec::StreamEvent::Stanza(el) = event {
+                found = Some(el);
+            }
+        }
+        found.unwrap_or_else(|| panic!("no element in {}", String::from_utf8_lossy(xml)))
+    }
+
+    #[test]
+    fn wire_form_uses_the_db_prefix() {
+        let request = Dialback::ResultRequest {
+            from: "a.test".into(),
+            to: "b.test".into(),
+            key: "k&1".into(),
+        };
+        let wire = to_wire(&request.to_element());
+        assert_eq!(
+            String::from_utf8_lossy(&wire),
+            "<db:result from='a.test' to='b.test'>k&amp;1</db:result>"
+        );
+        assert_eq!(Dialback::parse(&in_stream(&wire)), Some(request));
+
+        let answer = Dialback::VerifyAnswer {
+            from: "a.test".into(),
+            to: "b.test".into(),
+            id: "i".into(),
+            valid: true,
+        };
+        let wire = to_wire(&answer.to_element());
+        let text = String::from_utf8_lossy(&wire).into_owned();
+        assert!(
+            text.starts_with("<db:verify ") && text.ends_with("/>"),
+            "{text}"
+        );
+        assert_eq!(Dialback::parse(&in_stream(&wire)), Some(answer));
+
+        // The error child stays in the content namespace, declared explicitly.
+        let err = result_error("b.test", "a.test", "item-not-found");
+        let wire = to_wire(&err);
+        let text = String::from_utf8_lossy(&wire).into_owned();
+        assert!(
+            text.starts_with("<db:result ") && text.ends_with("</db:result>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<error xmlns='jabber:server' type='cancel'>"),
+            "{text}"
+        );
+        let parsed = in_stream(&wire);
+        assert!(
+            parsed
+                .get_child("error", starling_xmpp::ns::SERVER)
+                .is_some()
+        );
+        assert_eq!(
+            Dialback::parse(&parsed),
+            Some(Dialback::ResultAnswer {
+                from: "b.test".into(),
+                to: "a.test".into(),
+                valid: false
+            })
         );
     }
 }

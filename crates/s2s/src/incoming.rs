@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::dialback::{self, Dialback};
 use crate::stream::{StreamFailure, Transport, XmlStream};
-use crate::wire::{incoming_features, rewrite_ns, s2s_header};
+use crate::wire::{features_bytes, incoming_features, rewrite_ns, s2s_header};
 use crate::{AuthMethod, ConnInfo, Inner, outgoing, stream_id, update};
 
 /// Per-connection state of an incoming stream.
@@ -155,7 +155,7 @@ async fn serve(
                     let dialback = dialback_allowed(policy, secure);
                     let features = incoming_features(starttls, external, dialback);
                     stream
-                        .send(&to_bytes(&features))
+                        .send(&features_bytes(&features))
                         .await
                         .map_err(|e| failure(e, true))?;
                 }
@@ -344,7 +344,9 @@ async fn on_dialback(
             if let Some(condition) = refusal {
                 tracing::warn!(peer = %from, local = %to, condition, "s2s dialback request refused");
                 return stream
-                    .send(&to_bytes(&dialback::result_error(&to, &from, condition)))
+                    .send(&dialback::to_wire(&dialback::result_error(
+                        &to, &from, condition,
+                    )))
                     .await
                     .map_err(|e| failure(e, true));
             }
@@ -355,7 +357,7 @@ async fn on_dialback(
                 valid,
             };
             stream
-                .send(&to_bytes(&answer.to_element()))
+                .send(&dialback::to_wire(&answer.to_element()))
                 .await
                 .map_err(|e| failure(e, true))?;
             if !valid {
@@ -382,7 +384,7 @@ async fn on_dialback(
                 valid,
             };
             stream
-                .send(&to_bytes(&answer.to_element()))
+                .send(&dialback::to_wire(&answer.to_element()))
                 .await
                 .map_err(|e| failure(e, true))
         }

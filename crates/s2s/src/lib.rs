@@ -179,20 +179,24 @@ impl S2s {
     }
 
     /// Serves incoming s2s streams on `socket` until the node stops. `direct_tls`: TLS from
-    /// the first byte (XEP-0368).
+    /// the first byte (XEP-0368). `proxy_protocol`: each connection starts with a PROXY
+    /// v1/v2 header naming the peer (`use_proxy_protocol`).
     pub async fn serve(
         &self,
         server: Arc<Server>,
         socket: TcpListener,
         direct_tls: bool,
         max_stanza_size: usize,
+        proxy_protocol: bool,
     ) {
         let mut state = server.state_changes();
         let shutdown = async move {
             let _ = state.wait_for(|s| *s == NodeState::Stopping).await;
         };
         let inner = self.inner.clone();
-        starling_listener::accept::serve(socket, MAX_CONNECTIONS, shutdown, move |tcp, peer| {
+        let accept = starling_listener::accept::Accept::new(MAX_CONNECTIONS)
+            .with_proxy_protocol(proxy_protocol);
+        starling_listener::accept::serve_with(socket, accept, shutdown, move |tcp, peer| {
             incoming::run(
                 inner.clone(),
                 server.clone(),

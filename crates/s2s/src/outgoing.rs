@@ -309,7 +309,7 @@ async fn establish(
         key,
     };
     stream
-        .send(&starling_xmpp::codec::to_bytes(&request.to_element()))
+        .send(&crate::dialback::to_wire(&request.to_element()))
         .await?;
     loop {
         match stream.next(deadline).await? {
@@ -350,7 +350,7 @@ pub(crate) async fn verify(inner: &Inner, local: &str, remote: &str, id: &str, k
             key: key.to_owned(),
         };
         stream
-            .send(&starling_xmpp::codec::to_bytes(&request.to_element()))
+            .send(&crate::dialback::to_wire(&request.to_element()))
             .await
             .ok()?;
         let verdict = loop {

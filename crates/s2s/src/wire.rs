@@ -107,6 +107,21 @@ pub fn incoming_features(starttls: Option<bool>, external: bool, dialback: bool)
     features
 }
 
+/// The bytes of a `<stream:features/>` element, written with the `stream` prefix the stream
+/// header declares and each feature with its own `xmlns`.
+///
+/// `<features xmlns='http://etherx.jabber.org/streams'>` is the same XML, but ejabberd's
+/// parser does not resolve prefixes and waits for the literal `stream:features` (as RFC 6120
+/// writes it) until its deadline.
+pub fn features_bytes(features: &Element) -> Vec<u8> {
+    let mut out = b"<stream:features>".to_vec();
+    for child in features.children() {
+        out.extend_from_slice(&starling_xmpp::codec::to_bytes(child));
+    }
+    out.extend_from_slice(b"</stream:features>");
+    out
+}
+
 /// What a receiving server offers, as read from its `<stream:features/>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerFeatures {
@@ -248,6 +263,45 @@ mod tests {
         assert_eq!(
             PeerFeatures::parse(&incoming_features(None, false, false)),
             PeerFeatures::default()
+        );
+    }
+
+    #[test]
+    fn features_use_the_stream_prefix() {
+        let bytes = features_bytes(&incoming_features(Some(false), true, true));
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert!(
+            text.starts_with(
+                "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("</stream:features>"), "{text}");
+        // Read back inside a stream, it is the same element.
+        let mut parser = starling_xmpp::codec::StreamParser::new(
+            ns::SERVER,
+            starling_xmpp::codec::Limits::default(),
+        );
+        parser.feed(s2s_header(Some("a.test"), Some("b.test"), Some("1")).as_bytes());
+        parser.feed(&bytes);
+        let mut parsed = None;
+        while let Ok(Some(event)) = parser.next_event() {
+            if let starling_xmpp::codec::StreamEvent::Stanza(el) = event {
+                parsed = Some(el);
+            }
+        }
+        let parsed = parsed.unwrap_or_else(|| panic!("no features in {text}"));
+        assert_eq!(
+            (parsed.name(), parsed.ns().as_str()),
+            ("features", ns::STREAM)
+        );
+        assert_eq!(
+            PeerFeatures::parse(&parsed),
+            PeerFeatures {
+                starttls: true,
+                external: true,
+                dialback: true
+            }
         );
     }
 
