@@ -52,6 +52,10 @@ use crate::framed::{FrameOut, FramedLink};
 use crate::sm::{self, Fate, ResendOnTimeout, StreamManagement, TimerAction, Unacked};
 use crate::transport::Transport;
 
+// XEP-0198 resumption across cluster nodes; a child module so it can extend the session task.
+#[path = "handover.rs"]
+mod handover;
+
 /// SASL failures tolerated on one stream before it is closed (RFC 6120 §6.4.5 asks for at
 /// least two retries).
 const MAX_AUTH_FAILURES: u32 = 5;
@@ -76,6 +80,26 @@ pub struct ListenerSettings {
     pub negotiation_timeout: Duration,
     /// Time a write may block before the client is considered gone.
     pub send_timeout: Duration,
+}
+
+impl ListenerSettings {
+    /// Settings for WebSocket and BOSH sessions on an HTTP `listener`: its TLS (if any) is the
+    /// HTTP connection's, so there is no STARTTLS and no handshake here; whether the peer is
+    /// encrypted travels in the [`FramedLink`] instead.
+    pub fn framed(listener: &starling_config::Listener, negotiation_timeout: Duration) -> Self {
+        Self {
+            direct_tls: false,
+            starttls: false,
+            starttls_required: false,
+            plain_without_tls: listener.allow_plain_without_tls,
+            max_stanza_size: listener.max_stanza_size,
+            tls: None,
+            negotiation_timeout,
+            // As for TCP listeners (crates/server): a bridge that cannot take frames for this
+            // long has a peer that stopped reading.
+            send_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// Why reading stopped.
@@ -111,6 +135,8 @@ struct Conn {
     header_sent: bool,
     host: Option<String>,
     send_timeout: Duration,
+    /// The listener's traffic shaper (`shaper`), pausing reads over its rate.
+    shaper: Option<starling_listener::shaper::Shaper>,
 }
 
 impl Conn {
@@ -140,6 +166,10 @@ impl Conn {
             self.parser.feed(&frame.into_stream_bytes());
             return Ok(());
         }
+        // Over the shaper's rate, wait before reading so TCP pushes back on the client.
+        if let Some(shaper) = self.shaper.as_ref() {
+            shaper.ready().await;
+        }
         if self.drained {
             // Wait for data holding no buffer: idle connections are the common case.
             let io = self.io.as_ref().ok_or(End::Eof)?;
@@ -157,6 +187,9 @@ impl Conn {
         self.drained = n < self.buf.len();
         let data = self.buf.get(..n).ok_or(End::Eof)?;
         self.parser.feed(data);
+        if let Some(shaper) = self.shaper.as_mut() {
+            shaper.record(n);
+        }
         Ok(())
     }
 
@@ -270,6 +303,17 @@ pub async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
+    run_shaped(server, settings, tcp, peer, None).await;
+}
+
+/// [`run`] with reads paced by `shaper` (see `crate::admission`).
+pub async fn run_shaped(
+    server: Arc<Server>,
+    settings: Arc<ListenerSettings>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shaper: Option<starling_listener::shaper::Shaper>,
+) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     async move {
         tracing::debug!("connection accepted");
@@ -288,7 +332,8 @@ pub async fn run(
                 Err(_) => return,
             };
         }
-        let conn = Conn::new(io, peer, &settings.send_timeout);
+        let mut conn = Conn::new(io, peer, &settings.send_timeout);
+        conn.shaper = shaper;
         serve(server, settings, conn, deadline).await;
     }
     .instrument(span)
@@ -333,6 +378,7 @@ impl Conn {
             header_sent: false,
             host: None,
             send_timeout: *send_timeout,
+            shaper: None,
         }
     }
 
@@ -374,8 +420,28 @@ async fn serve(
                         timeout_at(deadline, hand_over(&server, conn, &user, &previd, h)).await;
                     match handed {
                         Ok(Err(back)) => {
-                            // XEP-0198 §5: the client may still bind a new session.
                             conn = *back;
+                            // Another cluster node may own the session (crate::handover).
+                            match timeout_at(deadline, handover::fetch(&server, &user, &previd, h))
+                                .await
+                            {
+                                Ok(Ok(state)) => {
+                                    handover::resume_here(server, conn, previd, state).await;
+                                    return;
+                                }
+                                Ok(Err(
+                                    starling_core::handover::HandoverRefused::HandledCountTooHigh {
+                                        h,
+                                        sent,
+                                    },
+                                )) => {
+                                    let error = sm::HandledCountTooHigh { h, sent };
+                                    conn.fail_xml(&error.stream_error_xml()).await;
+                                    return;
+                                }
+                                Ok(Err(_)) | Err(_) => {}
+                            }
+                            // XEP-0198 §5: the client may still bind a new session.
                             let failed = format!(
                                 "<failed xmlns='{}'><item-not-found xmlns='{}'/></failed>",
                                 sm::NS,
@@ -402,7 +468,7 @@ async fn serve(
             }
         };
         tracing::Span::current().record("jid", tracing::field::display(&bound.0));
-        established(server, conn, bound).await;
+        established(server, conn, bound, None).await;
     }
 }
 
@@ -615,6 +681,10 @@ async fn negotiate(
                                 if error != SaslError::Aborted {
                                     server.counters().auth(mechanism, false);
                                     tracing::info!(peer = %conn.peer, user = tried.as_deref().unwrap_or("-"), condition = error.condition(), "authentication failed");
+                                    // mod_fail2ban: a ban ends this stream too.
+                                    if server.auth_failed(conn.peer.ip()) {
+                                        failures = MAX_AUTH_FAILURES;
+                                    }
                                 }
                                 let xml = sasl::failure_xml(&error, None);
                                 if conn.write(xml.as_bytes()).await.is_err() {
@@ -971,6 +1041,8 @@ enum Exit {
     Closed(StreamError),
     /// The session was resumed on another connection; `None` if that one failed at once.
     Moved(Option<Box<Conn>>),
+    /// The session was handed over to another cluster node (`handover`).
+    HandedOff,
 }
 
 /// Why the detached loop returned.
@@ -979,6 +1051,8 @@ enum DetachedExit {
     Resumed(Box<Conn>),
     /// The session ends (timeout, close signal, queue overflow); the status for presence.
     End(Option<String>),
+    /// The session was handed over to another cluster node (`handover`).
+    HandedOff,
 }
 
 /// The outcome of a takeover request.
@@ -989,6 +1063,8 @@ enum TakeOver {
     Attached(Box<Conn>),
     /// Resumption accepted but the new connection failed at once: the session is detached.
     Lost,
+    /// Handed over to another cluster node: this task ends without a trace (`handover`).
+    HandedOff,
 }
 
 /// A bound session, owned by its task; dropping it leaves the directory even if the task
@@ -1011,6 +1087,8 @@ struct Established {
     csi: Option<ClientState>,
     /// Given to the session manager with a resumable registration.
     takeover: mpsc::Sender<Takeover>,
+    /// The client enabled XEP-0280 carbons (carried over by a handover).
+    carbons: bool,
 }
 
 impl Drop for Established {
@@ -1022,7 +1100,12 @@ impl Drop for Established {
     }
 }
 
-async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
+async fn established(
+    server: Arc<Server>,
+    mut conn: Conn,
+    bound: Bound,
+    restored: Option<handover::Restored>,
+) {
     let (full, id, channels) = bound;
     // Counted while the session exists, attached or detached; the guard uncounts on any exit.
     // (A session resumed over another transport stays counted under its first one.)
@@ -1051,10 +1134,17 @@ async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
         pending_ping: None,
         last_read: Instant::now(),
         takeover,
+        carbons: false,
     };
     drop(config);
     let mut link = Some(Box::new(conn));
+    if let Some(restored) = restored
+        && let Some(conn) = link.take()
+    {
+        link = session.restore(conn, restored).await;
+    }
     let mut status: Option<String> = None;
+    let mut handed_off = false;
     let (ending, conn) = loop {
         if let Some(mut conn) = link.take() {
             match session.attached(&mut conn, &mut channels).await {
@@ -1075,6 +1165,11 @@ async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
                     conn.shutdown().await;
                     link = next;
                 }
+                Exit::HandedOff => {
+                    conn.shutdown().await;
+                    handed_off = true;
+                    break (End::Eof, None);
+                }
             }
         } else {
             let until = session
@@ -1088,9 +1183,18 @@ async fn established(server: Arc<Server>, mut conn: Conn, bound: Bound) {
                     status = text;
                     break (End::Eof, None);
                 }
+                DetachedExit::HandedOff => {
+                    handed_off = true;
+                    break (End::Eof, None);
+                }
             }
         }
     };
+    if handed_off {
+        // The session lives on another node now: no unavailable presence, nothing re-routed.
+        tracing::info!(jid = %session.full, "session moved to another node");
+        return;
+    }
     session.finish(channels, status.as_deref()).await;
     if let Some(mut conn) = conn {
         match ending {
@@ -1178,10 +1282,11 @@ impl Established {
                 }
                 takeover = ch.takeovers.recv() => {
                     let Some(takeover) = takeover else { continue };
-                    match self.take_over(takeover).await {
+                    match self.take_over(takeover, ch).await {
                         TakeOver::Rejected => {}
                         TakeOver::Attached(next) => return Exit::Moved(Some(next)),
                         TakeOver::Lost => return Exit::Moved(None),
+                        TakeOver::HandedOff => return Exit::HandedOff,
                     }
                 }
                 msg = ch.inbox.recv() => {
@@ -1243,8 +1348,9 @@ impl Established {
                 }
                 takeover = ch.takeovers.recv() => {
                     let Some(takeover) = takeover else { continue };
-                    match self.take_over(takeover).await {
+                    match self.take_over(takeover, ch).await {
                         TakeOver::Attached(conn) => return DetachedExit::Resumed(conn),
+                        TakeOver::HandedOff => return DetachedExit::HandedOff,
                         TakeOver::Rejected | TakeOver::Lost => {}
                     }
                 }
@@ -1272,9 +1378,16 @@ impl Established {
     }
 
     /// A resuming connection wants this session (XEP-0198 §5).
-    async fn take_over(&mut self, takeover: Takeover) -> TakeOver {
-        let Ok(resume) = takeover.downcast::<Resume>() else {
-            return TakeOver::Rejected;
+    async fn take_over(&mut self, takeover: Takeover, ch: &mut Channels) -> TakeOver {
+        let resume = match takeover.downcast::<Resume>() {
+            Ok(resume) => resume,
+            // A client resuming through another cluster node.
+            Err(other) => {
+                return match other.downcast::<starling_core::handover::HandoverRequest>() {
+                    Ok(request) => self.hand_off(*request, ch).await,
+                    Err(_) => TakeOver::Rejected,
+                };
+            }
         };
         let Resume {
             mut conn,
@@ -1610,6 +1723,25 @@ impl Established {
             }
         }
         set_attr(&mut el, "from", self.full.as_str());
+        if let Some(on) = handover::carbons_toggle(&el, &self.bare) {
+            self.carbons = on;
+        }
+        if kind == Kind::Iq
+            && el.attr("type") == Some("set")
+            && el.get_child("session", ns::SESSION).is_some()
+            && el.attr("to").is_none_or(|to| to == self.host)
+        {
+            // RFC 3921 session establishment, which we advertise as optional (RFC 6121
+            // appendix E): older clients (strophe.js) send it after binding; it is a no-op.
+            let id = el.attr("id").unwrap_or_default();
+            let result = element("iq", ns::CLIENT, &[("type", "result"), ("id", id)]);
+            if let Ok(from) = Jid::parse(&self.host)
+                && let Ok(reply) = Stanza::new(result, from, self.full.clone().into())
+            {
+                self.server.route(reply).await;
+            }
+            return Ok(());
+        }
         if kind == Kind::Presence && el.attr("to").is_none() {
             // Presence broadcasts are not stanzas to anyone yet: no user_send_packet.
             presence::from_client(&self.server, &mut self.presence, el).await;

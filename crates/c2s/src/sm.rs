@@ -206,6 +206,29 @@ impl StreamManagement {
         }
     }
 
+    /// The state of a session resumed through this node after its previous owner handed it
+    /// over (`starling_core::handover`): `inbound` stanzas received from the client, `acked`
+    /// confirmed by it, and what it has not confirmed, oldest first.
+    pub fn restored(
+        settings: &Settings,
+        resume: (String, Duration),
+        inbound: u32,
+        acked: u32,
+        unacked: Vec<Unacked>,
+    ) -> Self {
+        let mut sm = Self::new(settings, Some(resume));
+        sm.inbound = inbound;
+        sm.acked = acked;
+        sm.unacked = unacked.into();
+        sm
+    }
+
+    /// What the session state tells the node taking it over: the inbound count and the
+    /// client's acknowledged count.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.inbound, self.acked)
+    }
+
     /// The resumption id, if the session is resumable.
     pub fn resume_id(&self) -> Option<&str> {
         self.resume.as_ref().map(|(id, _)| id.as_str())
@@ -426,6 +449,28 @@ mod tests {
     use starling_config::OptionValue;
 
     use super::*;
+
+    #[test]
+    fn a_restored_session_continues_the_counts() {
+        let unacked = vec![Unacked {
+            stanza: msg(1),
+            queued_at: 5,
+        }];
+        let mut sm = StreamManagement::restored(
+            &Settings::default(),
+            ("id".into(), Duration::from_secs(60)),
+            7,
+            u32::MAX,
+            unacked,
+        );
+        assert_eq!(sm.counts(), (7, u32::MAX));
+        assert_eq!(sm.sent(), 0, "wraps like the counter");
+        assert_eq!(sm.resume_id(), Some("id"));
+        // The client's next h confirms the handed-over stanza across the wrap.
+        assert_eq!(sm.on_resume(0).unwrap().len(), 0);
+        assert_eq!(sm.unacked_len(), 0);
+        assert!(sm.on_ack(1).is_err());
+    }
 
     fn stanza(xml: &str) -> Arc<Stanza> {
         let el: Element = xml.parse().unwrap();

@@ -6,15 +6,19 @@
 //! [`handshake`] the mutual authentication that proves both sides hold the cookie without it
 //! ever crossing the wire. [`membership`] (members, tombstones, link tie-break, back-off) and
 //! [`placement`] (rendezvous hashing) are the other sans-I/O parts; [`mesh`] is the I/O shell:
-//! link tasks, the replicated session table, forwarding and node loss.
+//! link tasks, the replicated session table, forwarding and node loss; `handover` moves a
+//! resumable XEP-0198 session to the node its client resumed through. `routes` makes external
+//! components' routes cluster-wide.
 
 #![forbid(unsafe_code)]
 
 pub mod cookie;
+mod handover;
 pub mod handshake;
 pub mod membership;
 pub mod mesh;
 pub mod placement;
+mod routes;
 pub mod wire;
 
 pub use mesh::{Cluster, ClusterError, ClusterSettings};

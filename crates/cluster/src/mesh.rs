@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use starling_core::Server;
-use starling_core::presence::{PresenceState, session_closed};
 use starling_core::sm::{ClusterView, DirectoryChange, MemberStatus, RemoteSession, SessionId};
+use starling_metrics::{Metrics, PeerLabels};
 use starling_xmpp::Element;
 use starling_xmpp::error::{StreamError, StreamErrorCondition};
 use starling_xmpp::jid::FullJid;
-use starling_xmpp::stanza::Stanza;
+use starling_xmpp::ns;
+use starling_xmpp::stanza::{Stanza, element, text_element};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -67,6 +68,8 @@ pub struct ClusterSettings {
     pub data_dir: PathBuf,
     /// The shared secret (`data_dir/cookie`).
     pub cookie: Cookie,
+    /// The node's metric families: link state and forwarded stanzas per peer are set here.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why the cluster could not start.
@@ -110,6 +113,9 @@ struct Inner {
     epoch: watch::Sender<u64>,
     tasks: Mutex<Vec<AbortHandle>>,
     stopping: AtomicBool,
+    metrics: Option<Arc<Metrics>>,
+    /// Stream management handovers waiting for answers (`crate::handover`).
+    handovers: crate::handover::Pending,
 }
 
 #[derive(Clone)]
@@ -120,6 +126,8 @@ struct LinkHandle {
     tx: mpsc::Sender<Vec<u8>>,
     kill: Arc<Notify>,
     stats: Arc<LinkStats>,
+    /// The protocol version spoken (stream management handover needs 2).
+    version: u16,
 }
 
 struct LinkStats {
@@ -153,6 +161,8 @@ struct Established {
     decoder: FrameDecoder,
     peer: Hello,
     role: Role,
+    /// The protocol version spoken on the link.
+    version: u16,
 }
 
 impl Cluster {
@@ -197,15 +207,28 @@ impl Cluster {
             epoch,
             tasks: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            metrics: settings.metrics,
+            handovers: crate::handover::Pending::default(),
         });
         server.sm().set_cluster(inner.clone());
+        server.routes().set_mirror(inner.clone());
         tracing::info!(node = %inner.name, addr = %bound, "cluster listener started");
+        if inner.membership().is_removed(&inner.name) {
+            // Its peers refuse it anyway; say so once at startup rather than dial in vain.
+            tracing::error!(
+                node = %inner.name,
+                "this node was removed from the cluster with leave_cluster and will not re-attach; \
+                 give it a new cluster.node_name to join again"
+            );
+        }
         let accept = tokio::spawn(inner.clone().accept_loop(listener));
         inner.track(accept.abort_handle());
         let watcher = tokio::spawn(inner.clone().watch_shutdown(server.state_changes()));
         inner.track(watcher.abort_handle());
         let members: Vec<String> = inner.membership().members().keys().cloned().collect();
         for name in members {
+            // Known peers are listed as down until their link comes up.
+            inner.set_link_metric(&name, false);
             inner.ensure_dialer(&name);
         }
         Ok(Self { inner })
@@ -281,6 +304,26 @@ impl Inner {
 
     fn bump(&self) {
         self.epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    fn set_link_metric(&self, peer: &str, up: bool) {
+        if let Some(m) = &self.metrics {
+            m.cluster_link_up
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_owned(),
+                })
+                .set(i64::from(up));
+        }
+    }
+
+    fn count_forwarded(&self, peer: &str) {
+        if let Some(m) = &self.metrics {
+            m.cluster_forwarded
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_owned(),
+                })
+                .inc();
+        }
     }
 
     fn save_membership(&self, m: &Membership) {
@@ -411,11 +454,39 @@ impl Inner {
     }
 
     async fn dial(&self, address: &str) -> Result<Established, DialError> {
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connect(address))
             .await
             .map_err(|_| DialError::Timeout)?
             .map_err(DialError::Io)?;
         self.handshake(stream, Role::Initiator).await
+    }
+
+    /// Connects from the cluster listener's address when it names one, so that a node's links
+    /// all come from its cluster address (firewall rules and partition tests can tell nodes
+    /// apart on one machine); otherwise the kernel picks the source.
+    async fn connect(&self, address: &str) -> std::io::Result<TcpStream> {
+        let local: Option<SocketAddr> = self.address.parse().ok();
+        let mut last = None;
+        for target in tokio::net::lookup_host(address).await? {
+            let socket = if target.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(source) = local.and_then(|l| dial_source(l, target)) {
+                socket.bind(source)?;
+            }
+            match socket.connect(target).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{address} resolves to no address"),
+            )
+        }))
     }
 
     /// Preamble and handshake on a fresh connection, under one deadline.
@@ -425,7 +496,7 @@ impl Inner {
             stream.write_all(&wire::preamble()).await?;
             let mut preamble = [0u8; 8];
             stream.read_exact(&mut preamble).await?;
-            wire::negotiate(&preamble).map_err(DialError::Wire)?;
+            let version = wire::negotiate(&preamble).map_err(DialError::Wire)?;
             let (mut hs, hello) = Handshake::start(role, self.hello(), self.cookie.clone());
             stream.write_all(&wire::encode(&hello)).await?;
             let mut decoder = FrameDecoder::new();
@@ -447,7 +518,7 @@ impl Inner {
                     for step in steps {
                         match step {
                             Step::Send(m) => stream.write_all(&wire::encode(&m)).await?,
-                            Step::Established(peer) => return Ok((peer, decoder)),
+                            Step::Established(peer) => return Ok((peer, decoder, version)),
                         }
                     }
                 }
@@ -458,7 +529,7 @@ impl Inner {
                 decoder.feed(buf.get(..n).unwrap_or_default());
             }
         };
-        let (peer, decoder) = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        let (peer, decoder, version) = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
             .await
             .map_err(|_| DialError::Timeout)??;
         Ok(Established {
@@ -466,6 +537,7 @@ impl Inner {
             decoder,
             peer,
             role,
+            version,
         })
     }
 
@@ -485,6 +557,7 @@ impl Inner {
             mut decoder,
             peer,
             role,
+            version,
         } = est;
         let name = peer.node.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
@@ -495,6 +568,7 @@ impl Inner {
             tx,
             kill: Arc::new(Notify::new()),
             stats: Arc::new(LinkStats::new()),
+            version,
         };
         // Register and queue the snapshot while no directory change can slip in between.
         let registered = server.sm().with_local_snapshot(|snapshot| {
@@ -508,7 +582,13 @@ impl Inner {
             let _ = handle
                 .tx
                 .try_send(wire::encode(&Message::Snapshot(records)));
-            self.links.insert(name.clone(), handle.clone());
+            // Routes follow under the route table's lock, so no announcement is missed.
+            server.routes().with_local(|domains| {
+                if crate::routes::speaks_routes(version) {
+                    let _ = handle.tx.try_send(wire::encode(&Message::Routes(domains)));
+                }
+                self.links.insert(name.clone(), handle.clone());
+            });
             true
         });
         if !registered {
@@ -524,7 +604,8 @@ impl Inner {
         self.gossip();
         self.bump();
         self.ensure_dialer(&name);
-        tracing::info!(node = %self.name, peer = %name, incarnation = peer.incarnation, "cluster link up");
+        self.set_link_metric(&name, true);
+        tracing::info!(node = %self.name, peer = %name, address = %peer.listen, incarnation = peer.incarnation, "cluster link up");
 
         let mut buf = vec![0u8; 16 * 1024];
         let mut ping = tokio::time::interval(HEARTBEAT);
@@ -593,36 +674,75 @@ impl Inner {
         if !current {
             return;
         }
-        tracing::warn!(node = %self.name, peer = %name, %reason, goodbye, "cluster link down");
+        self.set_link_metric(&name, false);
+        if goodbye {
+            tracing::info!(node = %self.name, peer = %name, %reason, "cluster link down");
+        } else {
+            tracing::warn!(node = %self.name, peer = %name, %reason, "cluster link down");
+        }
         self.node_lost(&server, &name);
     }
 
-    /// A peer's entries leave the table; contacts of the users this node wins hear that they
+    /// A peer's entries leave the table, and this node's own users hear that the peer's users
     /// went unavailable.
+    ///
+    /// Every survivor tells only its *local* sessions (subscribers and the user's other
+    /// resources), rather than one survivor broadcasting to everyone: in a partial partition
+    /// the survivors do not agree on who is up, and each one knows exactly whom it serves.
+    /// The winner of the rendezvous hash (over the members this node sees) records the last
+    /// activity, which is shared data.
     fn node_lost(&self, server: &Arc<Server>, node: &str) {
+        crate::routes::purge(server, node);
         let gone = server.sm().purge_node(node);
         if gone.is_empty() || self.stopping.load(Ordering::SeqCst) {
             return;
         }
         let mut up: Vec<String> = self.links.iter().map(|l| l.key().clone()).collect();
         up.push(self.name.clone());
-        let mine: Vec<_> = gone
+        let lost: Vec<(FullJid, bool)> = gone
             .into_iter()
             .filter(|e| e.available)
-            .filter(|e| {
+            .map(|e| {
                 let key = e.jid.to_bare().to_string();
-                placement::owner(&key, up.iter().map(String::as_str)) == Some(self.name.as_str())
+                let winner = placement::owner(&key, up.iter().map(String::as_str))
+                    == Some(self.name.as_str());
+                (e.jid, winner)
             })
             .collect();
-        if mine.is_empty() {
+        if lost.is_empty() {
             return;
         }
         let server = server.clone();
         tokio::spawn(async move {
-            for entry in mine {
-                let mut state = PresenceState::new(entry.jid.clone(), entry.id);
-                state.available = true;
-                session_closed(&server, &mut state, Some("Node down")).await;
+            for (jid, winner) in lost {
+                let user = jid.to_bare();
+                if winner
+                    && server.sm().sessions_of(&user).is_empty()
+                    && let Err(e) = server
+                        .stores()
+                        .set_last(&user, unix_now(), "Node down")
+                        .await
+                {
+                    tracing::warn!(%user, error = %e, "cannot record last activity");
+                }
+                let mut el = element("presence", ns::CLIENT, &[("type", "unavailable")]);
+                el.append_child(text_element("status", ns::CLIENT, "Node down"));
+                tell_local_contacts(&server, &jid, &el, winner).await;
+            }
+        });
+    }
+
+    /// A snapshot brought sessions this node did not know (a link came back after a partition,
+    /// or a node restarted and its users logged in before the link was up): its local users
+    /// missed their presence, so it is delivered to them now.
+    fn announce(&self, server: &Arc<Server>, fresh: Vec<(FullJid, Arc<Element>)>) {
+        if fresh.is_empty() || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let server = server.clone();
+        tokio::spawn(async move {
+            for (jid, presence) in fresh {
+                tell_local_contacts(&server, &jid, &presence, false).await;
             }
         });
     }
@@ -645,9 +765,16 @@ impl Inner {
             }
             Message::Heartbeat | Message::Goodbye => {}
             Message::Snapshot(records) if current() => {
-                let sessions = records.iter().filter_map(from_record).collect();
-                let gone = server.sm().replace_node(peer, view, sessions);
+                let sessions: Vec<RemoteSession> = records.iter().filter_map(from_record).collect();
+                let gone = server.sm().replace_node(peer, view, sessions.clone());
+                let fresh = sessions
+                    .into_iter()
+                    .filter(|s| s.available)
+                    .filter(|s| !gone.iter().any(|g| g.id == s.id && g.jid == s.jid))
+                    .filter_map(|s| s.presence.map(|p| (s.jid, p)))
+                    .collect();
                 tracing::debug!(%peer, replaced = gone.len(), "session snapshot applied");
+                self.announce(server, fresh);
             }
             Message::SessionUp(record) if current() => {
                 if let Some(session) = from_record(&record) {
@@ -710,6 +837,57 @@ impl Inner {
                 }
             }
             Message::Leave => self.removed(server),
+            // XEP-0198 resumption through another node (crate::handover). Served in a task:
+            // the session's answer must not hold up this link's reads.
+            Message::TakeOver {
+                req,
+                user,
+                previd,
+                h,
+            } => {
+                let server = server.clone();
+                let me = self.me();
+                let peer = peer.to_owned();
+                tokio::spawn(async move {
+                    let outcome = crate::handover::serve(&server, &user, &previd, h).await;
+                    let link = me
+                        .as_ref()
+                        .and_then(|me| me.links.get(&peer).map(|l| l.clone()));
+                    let sent = match (&me, link) {
+                        (Some(me), Some(link)) => me.send_on(
+                            &link,
+                            wire::encode(&Message::HandedOver {
+                                req,
+                                outcome: outcome.clone(),
+                            }),
+                        ),
+                        _ => false,
+                    };
+                    if !sent {
+                        crate::handover::unclaimed(&server, outcome).await;
+                    }
+                });
+            }
+            Message::HandedOver { req, outcome } => {
+                if let Err(outcome) = self.handovers.answer(req, outcome) {
+                    crate::handover::unclaimed(server, outcome).await;
+                }
+            }
+            // The cluster-wide route table (crate::routes).
+            Message::Routes(domains) if current() => {
+                let mesh: Weak<dyn crate::routes::Forward> = self.this.clone();
+                crate::routes::snapshot(server, &self.name, &mesh, peer, &domains);
+            }
+            Message::RouteUp(domain) if current() => {
+                let mesh: Weak<dyn crate::routes::Forward> = self.this.clone();
+                crate::routes::up(server, &self.name, &mesh, peer, &domain);
+            }
+            Message::RouteDown(domain) if current() => {
+                crate::routes::down(server, peer, &domain);
+            }
+            Message::RouteDeliver { domain, stanza } => {
+                crate::routes::deliver(server, peer, &domain, &stanza).await;
+            }
             Message::Hello(_) | Message::Proof(_) | Message::Refused(_) => {
                 tracing::warn!(%peer, "handshake message on an established link");
             }
@@ -722,8 +900,10 @@ impl Inner {
     fn removed(&self, server: &Arc<Server>) {
         tracing::error!(node = %self.name, "removed from the cluster (leave_cluster); stopping");
         {
+            // The tombstone of our own name is what keeps this node out after a restart.
             let mut m = self.membership();
             m.clear();
+            m.remove(&self.name);
             self.save_membership(&m);
         }
         self.stopping.store(true, Ordering::SeqCst);
@@ -798,6 +978,26 @@ impl Inner {
     }
 
     async fn join(&self, address: &str) -> Result<Vec<String>, String> {
+        let outcome = self.try_join(address).await;
+        match &outcome {
+            Ok(members) => {
+                tracing::info!(node = %self.name, %address, ?members, "joined the cluster");
+            }
+            Err(message) => {
+                tracing::error!(node = %self.name, %address, "join_cluster failed: {message}");
+            }
+        }
+        outcome
+    }
+
+    async fn try_join(&self, address: &str) -> Result<Vec<String>, String> {
+        if self.membership().is_removed(&self.name) {
+            return Err(format!(
+                "this node ({}) was removed from the cluster with leave_cluster; give it a new \
+                 cluster.node_name to join again",
+                self.name
+            ));
+        }
         if self.db_id == "sqlite" {
             return Err(
                 "clustering needs a shared PostgreSQL database (sql_type: pgsql); this node uses \
@@ -911,7 +1111,11 @@ impl ClusterView for Inner {
             id,
             stanza: stanza.bytes().to_vec(),
         });
-        self.send_on(&link, frame)
+        let sent = self.send_on(&link, frame);
+        if sent {
+            self.count_forwarded(node);
+        }
+        sent
     }
 
     fn close(&self, node: &str, jid: &FullJid, id: SessionId, error: &StreamError) {
@@ -937,8 +1141,67 @@ impl ClusterView for Inner {
         Box::pin(Self::join(self, address))
     }
 
+    fn take_over<'a>(
+        &'a self,
+        user: &'a starling_xmpp::jid::BareJid,
+        previd: &'a str,
+        h: u32,
+    ) -> starling_core::BoxFuture<
+        'a,
+        Result<starling_core::handover::HandoverState, starling_core::handover::HandoverRefused>,
+    > {
+        Box::pin(async move {
+            let peers: Vec<String> = self
+                .links
+                .iter()
+                .filter(|l| l.version >= wire::HANDOVER_VERSION)
+                .map(|l| l.key().clone())
+                .collect();
+            let send = |peer: &str, frame: Vec<u8>| {
+                self.links
+                    .get(peer)
+                    .map(|l| l.clone())
+                    .is_some_and(|link| self.send_on(&link, frame))
+            };
+            let ask = crate::handover::Ask { user, previd, h };
+            crate::handover::request(
+                &self.handovers,
+                peers,
+                send,
+                ask,
+                crate::handover::HANDOVER_TIMEOUT,
+            )
+            .await
+        })
+    }
+
     fn leave<'a>(&'a self, node: &'a str) -> starling_core::BoxFuture<'a, Result<(), String>> {
         Box::pin(Self::leave(self, node))
+    }
+}
+
+/// Local route changes go to every member whose protocol carries routes.
+impl starling_core::routes::RouteMirror for Inner {
+    fn changed(&self, change: &starling_core::routes::RouteChange) {
+        let frame = wire::encode(&crate::routes::announcement(change));
+        for link in &self.links {
+            if crate::routes::speaks_routes(link.version) {
+                self.send_on(link.value(), frame.clone());
+            }
+        }
+    }
+}
+
+impl crate::routes::Forward for Inner {
+    fn forward(&self, node: &str, message: &Message) -> bool {
+        let Some(link) = self.links.get(node).map(|l| l.clone()) else {
+            return false;
+        };
+        let sent = self.send_on(&link, wire::encode(message));
+        if sent {
+            self.count_forwarded(node);
+        }
+        sent
     }
 }
 
@@ -1009,6 +1272,75 @@ fn explain(error: &DialError, me: &str, address: &str) -> String {
     }
 }
 
+/// The source address for dialling `target` from a node whose cluster listener is `listen`:
+/// its IP when it names one of the same family and scope (a loopback listener cannot reach
+/// another machine), else none.
+fn dial_source(listen: SocketAddr, target: SocketAddr) -> Option<SocketAddr> {
+    let ip = listen.ip();
+    let same = ip.is_ipv4() == target.is_ipv4() && ip.is_loopback() == target.ip().is_loopback();
+    (!ip.is_unspecified() && same).then_some(SocketAddr::new(ip, 0))
+}
+
+/// Delivers `presence` from `jid` to the sessions on this node that should see it: the
+/// sessions of users subscribed to `jid`'s presence and `jid`'s own other resources. With
+/// `federated`, subscribers on other servers get it too, routed over s2s (one node does that,
+/// so they hear it once).
+async fn tell_local_contacts(server: &Server, jid: &FullJid, presence: &Element, federated: bool) {
+    let user = jid.to_bare();
+    let hosts = server.hosts();
+    let mut targets: Vec<starling_core::sm::SessionEntry> = server
+        .sm()
+        .sessions_of(&user)
+        .into_iter()
+        .filter(|s| s.is_local() && s.available && s.jid != *jid)
+        .collect();
+    match server.stores().roster(&user).await {
+        Ok((items, _)) => {
+            for item in items
+                .iter()
+                .filter(|i| starling_core::roster::is_subscriber(i))
+            {
+                if !hosts.iter().any(|h| h == item.jid.domain()) {
+                    if federated
+                        && let Ok(stanza) = Stanza::new(
+                            presence.clone(),
+                            jid.clone().into(),
+                            item.jid.clone().into(),
+                        )
+                    {
+                        starling_core::router::route(server, stanza).await;
+                    }
+                    continue;
+                }
+                targets.extend(
+                    server
+                        .sm()
+                        .sessions_of(&item.jid)
+                        .into_iter()
+                        .filter(|s| s.is_local() && s.available),
+                );
+            }
+        }
+        Err(e) => tracing::warn!(%user, error = %e, "cannot load roster"),
+    }
+    for target in targets {
+        let stanza = Stanza::new(
+            presence.clone(),
+            jid.clone().into(),
+            target.jid.clone().into(),
+        );
+        if let Ok(stanza) = stanza {
+            target.deliver(Arc::new(stanza));
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn to_record(session: &RemoteSession) -> SessionRecord {
     SessionRecord {
         jid: session.jid.to_string(),
@@ -1040,7 +1372,7 @@ fn from_record(record: &SessionRecord) -> Option<RemoteSession> {
     })
 }
 
-fn parse_stanza(bytes: &[u8]) -> Option<Stanza> {
+pub(crate) fn parse_stanza(bytes: &[u8]) -> Option<Stanza> {
     let text = std::str::from_utf8(bytes).ok()?;
     let element: Element = text.parse().ok()?;
     Stanza::from_element(element).ok()
@@ -1089,6 +1421,32 @@ mod tests {
         assert_eq!(back.element(), stanza.element());
         assert!(parse_stanza(b"<message").is_none());
         assert!(parse_stanza(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn dials_leave_from_the_cluster_address_when_it_can() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            dial_source(addr("127.0.0.2:5370"), addr("127.0.0.1:5370")),
+            Some(addr("127.0.0.2:0"))
+        );
+        assert_eq!(
+            dial_source(addr("10.0.0.2:5370"), addr("10.0.0.1:5370")),
+            Some(addr("10.0.0.2:0"))
+        );
+        // Unspecified, loopback to another machine, or another family: the kernel chooses.
+        assert_eq!(
+            dial_source(addr("0.0.0.0:5370"), addr("10.0.0.1:5370")),
+            None
+        );
+        assert_eq!(
+            dial_source(addr("127.0.0.1:5370"), addr("10.0.0.1:5370")),
+            None
+        );
+        assert_eq!(
+            dial_source(addr("[::1]:5370"), addr("127.0.0.1:5370")),
+            None
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 4] = *b"STRL";
 /// Oldest protocol version this build speaks.
 pub const PROTOCOL_MIN: u16 = 1;
-/// Newest protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 1;
+/// Newest protocol version this build speaks. 2 adds stream management handover
+/// ([`Message::TakeOver`]); a version-1 peer is never sent it. 3 adds the cluster-wide route
+/// table ([`Message::Routes`], [`ROUTES_VERSION`]).
+pub const PROTOCOL_MAX: u16 = 3;
 /// Largest frame accepted (16 MiB): a snapshot of a large session table fits; garbage does not
 /// make us allocate more.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -150,6 +152,90 @@ pub enum Message {
     Ping(u64),
     /// Echo of a [`Message::Ping`], giving the round-trip time.
     Pong(u64),
+    /// XEP-0198 resumption through another node (protocol 2): if the receiver owns resumable
+    /// session `previd` of `user`, it hands it over and answers [`Message::HandedOver`].
+    TakeOver {
+        /// Matches the answer to the request.
+        req: u64,
+        /// The bare JID the resuming client authenticated as.
+        user: String,
+        /// The stream management id.
+        previd: String,
+        /// The client's `h`.
+        h: u32,
+    },
+    /// The answer to a [`Message::TakeOver`] (protocol 2).
+    HandedOver {
+        /// The request's `req`.
+        req: u64,
+        /// The session, or why not.
+        outcome: Handover,
+    },
+    /// Every domain the sender's connections (external components) route, sent once when a
+    /// link comes up (protocol 3); replaces what the receiver held for the sender.
+    Routes(Vec<String>),
+    /// A connection on the sender now routes this domain (protocol 3).
+    RouteUp(String),
+    /// The sender no longer routes this domain (protocol 3).
+    RouteDown(String),
+    /// A stanza for a domain the receiver's connection routes (protocol 3); the receiver hands
+    /// it to that connection, or bounces it if the connection is gone.
+    RouteDeliver {
+        /// The routed domain (the stanza's `to` domain).
+        domain: String,
+        /// The serialised stanza (namespace declared).
+        stanza: Vec<u8>,
+    },
+}
+
+/// Protocol version from which the route messages ([`Message::Routes`] to
+/// [`Message::RouteDeliver`]) may be sent: an older peer neither learns nor announces routes.
+pub const ROUTES_VERSION: u16 = 3;
+
+/// Protocol version from which [`Message::TakeOver`] and [`Message::HandedOver`] may be sent.
+pub const HANDOVER_VERSION: u16 = 2;
+
+/// The outcome of a [`Message::TakeOver`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handover {
+    /// The receiver owned the session and let it go: here is its state.
+    Found(HandoverRecord),
+    /// The receiver has no such session.
+    NotFound,
+    /// The client's `h` acknowledges more than was sent; the session stays with its owner.
+    TooHigh {
+        /// The client's `h`.
+        h: u32,
+        /// What the owner had sent.
+        sent: u32,
+    },
+}
+
+/// A session's stream management state in transit (`starling_core::handover::HandoverState`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRecord {
+    /// Full JID.
+    pub jid: String,
+    /// Stanzas received from the client.
+    pub inbound: u32,
+    /// The client's acknowledged count.
+    pub acked: u32,
+    /// Unacknowledged stanzas (serialised, namespace declared) and when they were queued.
+    pub unacked: Vec<(Vec<u8>, i64)>,
+    /// Resumption timeout, seconds.
+    pub resume_timeout_secs: u64,
+    /// Available (initial presence sent).
+    pub available: bool,
+    /// Presence priority.
+    pub priority: i8,
+    /// Receives roster pushes.
+    pub interested: bool,
+    /// Last available presence, serialised.
+    pub presence: Option<String>,
+    /// Carbons enabled.
+    pub carbons: bool,
+    /// Client state inactive.
+    pub csi_inactive: bool,
 }
 
 /// A replicated session-table entry (DESIGN.md §7.2 `sessions`).
@@ -302,6 +388,39 @@ mod tests {
             Message::Leave,
             Message::Ping(9),
             Message::Pong(9),
+            Message::TakeOver {
+                req: 1,
+                user: "u@example.org".into(),
+                previd: "abc".into(),
+                h: 7,
+            },
+            Message::HandedOver {
+                req: 1,
+                outcome: Handover::Found(HandoverRecord {
+                    jid: "u@example.org/r".into(),
+                    inbound: 3,
+                    acked: 7,
+                    unacked: vec![(b"<message/>".to_vec(), 17)],
+                    resume_timeout_secs: 300,
+                    available: true,
+                    priority: 5,
+                    interested: true,
+                    presence: None,
+                    carbons: true,
+                    csi_inactive: false,
+                }),
+            },
+            Message::HandedOver {
+                req: 2,
+                outcome: Handover::TooHigh { h: 9, sent: 2 },
+            },
+            Message::Routes(vec!["comp.example.org".into()]),
+            Message::RouteUp("comp.example.org".into()),
+            Message::RouteDown("comp.example.org".into()),
+            Message::RouteDeliver {
+                domain: "comp.example.org".into(),
+                stanza: b"<message/>".to_vec(),
+            },
         ];
         let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
         let mut d = FrameDecoder::new();
@@ -323,6 +442,26 @@ mod tests {
         assert_eq!(encode(&Message::Goodbye)[4], 4);
         assert_eq!(encode(&Message::Leave)[4], 11);
         assert_eq!(encode(&Message::Pong(0))[4], 13);
+        let take_over = Message::TakeOver {
+            req: 0,
+            user: String::new(),
+            previd: String::new(),
+            h: 0,
+        };
+        assert_eq!(encode(&take_over)[4], 14);
+        let handed = Message::HandedOver {
+            req: 0,
+            outcome: Handover::NotFound,
+        };
+        assert_eq!(encode(&handed)[4], 15);
+        assert_eq!(encode(&Message::Routes(Vec::new()))[4], 16);
+        assert_eq!(encode(&Message::RouteUp(String::new()))[4], 17);
+        assert_eq!(encode(&Message::RouteDown(String::new()))[4], 18);
+        let deliver = Message::RouteDeliver {
+            domain: String::new(),
+            stanza: Vec::new(),
+        };
+        assert_eq!(encode(&deliver)[4], 19);
     }
 
     #[test]

@@ -10,13 +10,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ban;
 pub mod counters;
+pub mod handover;
 pub mod hooks;
 pub mod local;
 pub mod module;
 pub mod presence;
 pub mod roster;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod sm;
 

@@ -63,6 +63,10 @@ pub trait StreamIqHandler: Send + Sync {
 pub trait Service: Send + Sync {
     /// Handles a stanza addressed to the service's domain (any localpart and resource).
     fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()>;
+
+    /// The route was taken away: another cluster member's registration of the same domain
+    /// won a race ([`crate::routes`]). A connection closes with `<conflict/>`.
+    fn revoked(&self) {}
 }
 
 /// Answers XEP-0030 queries for nodes of the host's own JID (§3.2), such as the XEP-0050

@@ -75,12 +75,15 @@ pub struct Server {
     started: Instant,
     state: watch::Sender<NodeState>,
     max_roster_items: u32,
-    /// Domains routed to a service or component rather than a host (DESIGN §2.1 routes table).
-    routes: dashmap::DashMap<String, Arc<dyn Service>>,
+    /// Domains routed to a service or component rather than a host (DESIGN §2.1 routes table;
+    /// cluster-wide through [`crate::routes::RouteMirror`]).
+    routes: crate::routes::Routes,
     /// Where stanzas for other domains go (the s2s manager), once one is attached.
     remote: arc_swap::ArcSwapOption<Box<dyn RemoteRouter>>,
     /// Activity counters read by the metrics exporter at scrape time.
     counters: Arc<Counters>,
+    /// Addresses banned after failed authentications (`mod_fail2ban`, [`crate::ban`]).
+    bans: crate::ban::Bans,
     /// IQ requests the server itself sent, awaiting their result, by id.
     pending_iq: dashmap::DashMap<
         String,
@@ -99,10 +102,10 @@ impl Server {
         catalogue: &[Arc<dyn Module>],
     ) -> Result<Arc<Self>, ModuleError> {
         let hosts = start_modules(&config, catalogue)?;
-        let routes = dashmap::DashMap::new();
+        let routes = crate::routes::Routes::new();
         for modules in hosts.values() {
             for service in &modules.registrations.services {
-                routes.insert(service.domain.clone(), service.handler.clone());
+                routes.insert_service(&service.domain, service.handler.clone());
             }
         }
         let (state, _) = watch::channel(NodeState::Running);
@@ -119,7 +122,14 @@ impl Server {
             routes,
             remote: arc_swap::ArcSwapOption::empty(),
             counters: Arc::new(Counters::default()),
+            bans: crate::ban::Bans::default(),
         }))
+    }
+
+    /// The node's ban table ([`crate::ban`]; counting and checks go through
+    /// [`Self::auth_failed`] and [`Self::banned`]).
+    pub fn bans(&self) -> &crate::ban::Bans {
+        &self.bans
     }
 
     /// A strong handle to this server, for tasks a module spawns (background deliveries,
@@ -160,27 +170,28 @@ impl Server {
 
     /// The service or component serving `domain`, if any.
     pub fn route_for(&self, domain: &str) -> Option<Arc<dyn Service>> {
-        self.routes.get(domain).map(|r| r.value().clone())
+        self.routes.get(domain)
     }
 
-    /// Registers a route for a domain (an external component connecting). Returns false,
-    /// changing nothing, if the domain is a host of ours or already routed.
+    /// The routes table (owners, cluster replication: [`crate::routes`]).
+    pub fn routes(&self) -> &crate::routes::Routes {
+        &self.routes
+    }
+
+    /// Registers a route for a domain (an external component connecting); in a cluster every
+    /// member learns it. Returns false, changing nothing, if the domain is a host of ours or
+    /// already routed, here or on another member.
     pub fn add_route(&self, domain: &str, service: Arc<dyn Service>) -> bool {
         if self.is_local(domain) {
             return false;
         }
-        match self.routes.entry(domain.to_owned()) {
-            dashmap::Entry::Occupied(_) => false,
-            dashmap::Entry::Vacant(v) => {
-                v.insert(service);
-                true
-            }
-        }
+        self.routes.add_local(domain, service)
     }
 
-    /// Removes a route registered with [`Server::add_route`].
+    /// Removes a route registered with [`Server::add_route`] (only a connection's own route:
+    /// a module service, or a member's route that replaced a revoked one, stays).
     pub fn remove_route(&self, domain: &str) {
-        self.routes.remove(domain);
+        self.routes.remove_local(domain);
     }
 
     /// Attaches the s2s manager: stanzas for domains that are neither hosts nor routes go to it.
@@ -307,6 +318,13 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch, the unit of the stores' own timestamps.
+pub fn unix_now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 fn start_modules(
     config: &Config,
     catalogue: &[Arc<dyn Module>],
@@ -316,13 +334,6 @@ fn start_modules(
         let listed = config.host_modules.get(host).unwrap_or(&config.modules);
         let mut started = HostModules::default();
         for module_config in listed {
-/// Microseconds since the Unix epoch, the unit of the stores' own timestamps.
-pub fn unix_now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
             let Some(module) = catalogue
                 .iter()
                 .find(|m| m.spec().name == module_config.name)

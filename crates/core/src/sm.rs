@@ -120,6 +120,21 @@ pub trait ClusterView: Send + Sync {
     fn join<'a>(&'a self, address: &'a str) -> crate::BoxFuture<'a, Result<Vec<String>, String>>;
     /// `leave_cluster`: removes `node` from the cluster for good and stops it.
     fn leave<'a>(&'a self, node: &'a str) -> crate::BoxFuture<'a, Result<(), String>>;
+    /// XEP-0198 §5 across nodes: asks the other nodes for resumable session `previd` of
+    /// `user`; its owner hands it over (see [`crate::handover`]). `NotFound` when no node
+    /// has it (or the owner died).
+    fn take_over<'a>(
+        &'a self,
+        user: &'a BareJid,
+        previd: &'a str,
+        h: u32,
+    ) -> crate::BoxFuture<
+        'a,
+        Result<crate::handover::HandoverState, crate::handover::HandoverRefused>,
+    > {
+        let _ = (user, previd, h);
+        Box::pin(async { Err(crate::handover::HandoverRefused::NotFound) })
+    }
 }
 
 /// Where a directory entry's session runs.
@@ -332,7 +347,8 @@ impl SessionManager {
 
     /// Binds `jid`. A session already bound to the same full JID is closed with `<conflict/>`
     /// (RFC 6120 §7.7.2.2, the "override" policy ejabberd uses). `max_sessions` caps the
-    /// number of resources per account.
+    /// number of resources per account: at the cap the oldest session is replaced, as in
+    /// ejabberd; a cap of 0 refuses every bind.
     pub fn bind(
         &self,
         jid: FullJid,
@@ -359,9 +375,36 @@ impl SessionManager {
                     });
                 }
             }
+            // ejabberd's `check_max_sessions`: at the limit, the oldest session is replaced
+            // (closed with `<conflict/>`) rather than the new one refused, so a user who lost
+            // a connection without the server noticing can always log in again.
+            let mut evicted = Vec::new();
             if let Some(max) = max_sessions
-                && entries.len() >= max as usize
+                && max > 0
             {
+                while entries.len() >= max as usize {
+                    let Some(pos) = entries
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, e)| (e.bound_at, e.id))
+                        .map(|(i, _)| i)
+                    else {
+                        break;
+                    };
+                    let old = entries.swap_remove(pos);
+                    old.close(
+                        StreamError::new(StreamErrorCondition::Conflict)
+                            .with_text("Replaced by new connection (max_user_sessions)"),
+                    );
+                    if old.is_local() {
+                        evicted.push(DirectoryChange::Remove {
+                            jid: old.jid.clone(),
+                            id: old.id,
+                        });
+                    }
+                }
+            }
+            if max_sessions == Some(0) {
                 Err(BindError::TooManySessions)
             } else {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -382,13 +425,16 @@ impl SessionManager {
                 };
                 let upsert = DirectoryChange::Upsert(entry.to_remote());
                 entries.push(entry);
-                Ok((id, SessionChannels { inbox, close }, upsert))
+                Ok((id, SessionChannels { inbox, close }, upsert, evicted))
             }
         };
         if let Some(change) = removed {
             self.report(change);
         }
-        let (id, channels, upsert) = result?;
+        let (id, channels, upsert, evicted) = result?;
+        for change in evicted {
+            self.report(change);
+        }
         self.report(upsert);
         Ok((id, channels))
     }
@@ -739,14 +785,24 @@ mod tests {
     #[test]
     fn max_sessions_is_enforced() {
         let sm = SessionManager::new(4);
-        sm.bind(full("a@x/1"), Some(2)).unwrap();
-        sm.bind(full("a@x/2"), Some(2)).unwrap();
+        let (_, ch1) = sm.bind(full("a@x/1"), Some(2)).unwrap();
+        let (_, ch2) = sm.bind(full("a@x/2"), Some(2)).unwrap();
+        // At the cap the oldest session is replaced (ejabberd's check_max_sessions).
+        let (_, ch3) = sm.bind(full("a@x/3"), Some(2)).unwrap();
+        let err = ch1.close.borrow().clone().unwrap();
+        assert_eq!(err.condition, StreamErrorCondition::Conflict);
+        assert!(ch2.close.borrow().is_none());
+        assert_eq!(sm.count(), 2);
+        assert!(sm.get(&full("a@x/1")).is_none());
+        // Rebinding an existing resource replaces it and stays within the limit.
+        assert!(sm.bind(full("a@x/3"), Some(2)).is_ok());
+        assert!(ch2.close.borrow().is_none());
+        assert!(ch3.close.borrow().is_some());
+        assert_eq!(sm.count(), 2);
         assert_eq!(
-            sm.bind(full("a@x/3"), Some(2)).err(),
+            sm.bind(full("b@x/1"), Some(0)).err(),
             Some(BindError::TooManySessions)
         );
-        // Rebinding an existing resource replaces it and stays within the limit.
-        assert!(sm.bind(full("a@x/2"), Some(2)).is_ok());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!
 //! Protocol (`urn:xmpp:blocking`, for the account itself; others get `<forbidden/>`):
 //! - §3.2 `<blocklist/>` get returns the blocked JIDs and makes the resource *interested*:
-//!   it receives the pushes of later changes (kept in memory, dropped when it closes);
+//!   it receives the pushes of later changes (kept in memory, dropped when it closes; in a
+//!   cluster pushes go to every resource on other nodes, whose node drops them for the
+//!   resources that did not ask);
 //! - §3.3 `<block>` with one or more `<item jid/>` (none: `<bad-request/>`, an invalid JID:
 //!   `<jid-malformed/>`): the user's available resources first send unavailable presence to
 //!   each newly blocked JID (§3.3: the user appears offline to it), then the list is stored,
@@ -30,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use starling_config::{ModuleOptions, ModuleSpec};
 use starling_core::BoxFuture;
 use starling_core::Server;
-use starling_core::hooks::{Hook, HookResult, SessionClosed};
+use starling_core::hooks::{Hook, HookResult, SessionClosed, UserReceivePacket};
 use starling_core::module::{
     HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
 };
@@ -80,6 +82,10 @@ impl Module for Blocking {
                 }),
             )
             .feature(NS_BLOCKING, IqTarget::Host);
+        registrations
+            .hooks
+            .user_receive_packet
+            .add(50, Arc::new(FilterPushes(interested.clone())));
         registrations.hooks.session_closed.add(50, interested);
         // Without mod_privacy nobody sets active lists: an empty set of them is exact.
         Ok(Enforcement::new(Arc::new(ActiveLists::default()), true).register(registrations))
@@ -176,18 +182,54 @@ impl IqHandler for BlockingHandler {
 }
 
 impl BlockingHandler {
-    /// §3.3, §3.4: the change, pushed to every interested resource.
+    /// §3.3, §3.4: the change, pushed to every interested resource. Which resources on
+    /// other cluster nodes asked for the list is known only there: they all get the push, and
+    /// their node's [`FilterPushes`] drops it for those that did not.
     fn push(&self, server: &Server, user: &BareJid, what: &str, jids: &[Jid]) {
-        for session in self.interested.of(user) {
-            let Some(entry) = server.sm().get(&session) else {
+        let interested = self.interested.of(user);
+        for entry in server.sm().sessions_of(user) {
+            if entry.is_local() && !interested.contains(&entry.jid) {
                 continue;
-            };
+            }
             let mut iq = element("iq", ns::CLIENT, &[("type", "set"), ("id", &push_id())]);
             iq.append_child(command(what, jids.iter().map(Jid::as_str)));
-            if let Ok(push) = Stanza::new(iq, user.clone().into(), session.into()) {
+            if let Ok(push) = Stanza::new(iq, user.clone().into(), entry.jid.clone().into()) {
                 entry.deliver(Arc::new(push));
             }
         }
+    }
+}
+
+/// True for a blocklist push: an IQ-set from the account's bare JID to one of its resources
+/// carrying `<block/>` or `<unblock/>`.
+fn is_push(session: &FullJid, stanza: &Stanza) -> bool {
+    let el = stanza.element();
+    el.name() == "iq"
+        && el.attr("type") == Some("set")
+        && stanza.from().is_bare()
+        && stanza.from().to_bare() == session.to_bare()
+        && (el.has_child("block", NS_BLOCKING) || el.has_child("unblock", NS_BLOCKING))
+}
+
+/// Drops pushes that reach a resource of this node that never asked for the blocklist (sent
+/// by another cluster node, which cannot know).
+struct FilterPushes(Arc<Interested>);
+
+impl Hook<UserReceivePacket> for FilterPushes {
+    fn call<'a>(
+        &'a self,
+        _server: &'a Server,
+        arg: &'a mut UserReceivePacket,
+    ) -> BoxFuture<'a, HookResult> {
+        Box::pin(async move {
+            if is_push(&arg.session, &arg.stanza)
+                && !self.0.of(&arg.session.to_bare()).contains(&arg.session)
+            {
+                HookResult::Stop
+            } else {
+                HookResult::Continue
+            }
+        })
     }
 }
 
@@ -416,6 +458,27 @@ mod tests {
     use starling_xmpp::error::StanzaErrorCondition as C;
 
     use super::*;
+
+    #[test]
+    fn only_the_servers_blocklist_pushes_are_filtered() {
+        let session = FullJid::parse("u@x/r").unwrap();
+        let stanza = |from: &str, xml: &str| {
+            let el: Element = xml.parse().unwrap();
+            Stanza::new(el, Jid::parse(from).unwrap(), session.clone().into()).unwrap()
+        };
+        let push = "<iq xmlns='jabber:client' type='set' id='push-1'>\
+                    <block xmlns='urn:xmpp:blocking'><item jid='v@x'/></block></iq>";
+        assert!(is_push(&session, &stanza("u@x", push)));
+        let unblock = "<iq xmlns='jabber:client' type='set' id='push-2'>\
+                       <unblock xmlns='urn:xmpp:blocking'/></iq>";
+        assert!(is_push(&session, &stanza("u@x", unblock)));
+        // From another resource, another account, or not a set: delivered as usual.
+        assert!(!is_push(&session, &stanza("u@x/other", push)));
+        assert!(!is_push(&session, &stanza("v@x", push)));
+        let result = "<iq xmlns='jabber:client' type='result' id='push-1'>\
+                      <block xmlns='urn:xmpp:blocking'/></iq>";
+        assert!(!is_push(&session, &stanza("u@x", result)));
+    }
     use crate::fixture::{Fixture, error_condition};
     use crate::privacy::NS_BLOCKING_ERRORS;
 

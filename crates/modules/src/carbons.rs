@@ -34,7 +34,9 @@
 //! Which sessions enabled carbons is node-local state in memory (the same as ejabberd's
 //! session info), keyed by bare JID and tagged with the session id, so a session that replaces
 //! another with the same full JID does not inherit (or lose) its setting. It is forgotten on
-//! `session_closed` and `remove_user`.
+//! `session_closed` and `remove_user`. In a cluster, copies also go to the account's
+//! available sessions on other nodes, and each node drops (at `user_receive_packet`) the
+//! copies reaching a session of its own that did not enable carbons.
 //!
 //! Disco: `urn:xmpp:carbons:2` is advertised on the account (from the IQ registration) and on
 //! the host, with `urn:xmpp:carbons:rules:0`, as ejabberd does.
@@ -46,7 +48,7 @@ use starling_config::{ModuleOptions, ModuleSpec};
 use starling_core::BoxFuture;
 use starling_core::Server;
 use starling_core::hooks::{
-    Hook, HookResult, RemoveUser, SessionClosed, SmReceivePacket, UserSendPacket,
+    Hook, HookResult, RemoveUser, SessionClosed, SmReceivePacket, UserReceivePacket, UserSendPacket,
 };
 use starling_core::module::{
     HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
@@ -116,7 +118,10 @@ impl Module for Carbons {
             .add(PRIORITY, Arc::new(SentCopies(enabled.clone())));
         hooks
             .sm_receive_packet
-            .add(PRIORITY, Arc::new(ReceivedCopies(enabled)));
+            .add(PRIORITY, Arc::new(ReceivedCopies(enabled.clone())));
+        hooks
+            .user_receive_packet
+            .add(PRIORITY, Arc::new(FilterCopies(enabled)));
         hooks.session_closed.add(PRIORITY, forget.clone());
         hooks.remove_user.add(PRIORITY, forget);
         Ok(registrations)
@@ -307,7 +312,9 @@ fn send_copies(
     }
 }
 
-/// The available sessions of `user` that enabled carbons and pass `keep`.
+/// The available sessions of `user` that pass `keep` and enabled carbons here, plus its
+/// available sessions on other nodes: whether those enabled carbons is known only on their
+/// node, whose [`FilterCopies`] drops the copies they did not ask for.
 fn carbon_sessions(
     server: &Server,
     user: &BareJid,
@@ -315,8 +322,49 @@ fn carbon_sessions(
     keep: impl Fn(&SessionEntry) -> bool,
 ) -> Vec<SessionEntry> {
     let mut sessions = server.sm().sessions_of(user);
-    sessions.retain(|s| s.available && enabled.contains(&s.id) && keep(s));
+    sessions.retain(|s| s.available && (!s.is_local() || enabled.contains(&s.id)) && keep(s));
     sessions
+}
+
+/// True if `user` has a session on another cluster node (which may have enabled carbons).
+fn has_remote(server: &Server, user: &BareJid) -> bool {
+    server
+        .sm()
+        .sessions_of(user)
+        .iter()
+        .any(|s| s.available && !s.is_local())
+}
+
+/// Drops copies that reach a session which did not enable carbons: those a node sent to a
+/// session on another node, not knowing its setting (cluster, see [`carbon_sessions`]).
+struct FilterCopies(Arc<Enabled>);
+
+impl Hook<UserReceivePacket> for FilterCopies {
+    fn call<'a>(
+        &'a self,
+        server: &'a Server,
+        arg: &'a mut UserReceivePacket,
+    ) -> BoxFuture<'a, HookResult> {
+        Box::pin(async move {
+            let user = arg.session.to_bare();
+            let copy = arg.stanza.kind() == Kind::Message
+                && arg.stanza.from().is_bare()
+                && arg.stanza.from().to_bare() == user
+                && is_carbon(arg.stanza.element());
+            if !copy {
+                return HookResult::Continue;
+            }
+            let enabled = server
+                .sm()
+                .get_local(&arg.session)
+                .is_some_and(|s| self.0.ids(&user).contains(&s.id));
+            if enabled {
+                HookResult::Continue
+            } else {
+                HookResult::Stop
+            }
+        })
+    }
 }
 
 /// §8: copies of what a session sends.
@@ -334,7 +382,7 @@ impl Hook<UserSendPacket> for SentCopies {
             }
             let user = arg.session.to_bare();
             let enabled = self.0.ids(&user);
-            if enabled.is_empty() {
+            if enabled.is_empty() && !has_remote(server, &user) {
                 return HookResult::Continue;
             }
             let message = arg.stanza.element();
@@ -370,7 +418,7 @@ impl Hook<SmReceivePacket> for ReceivedCopies {
                 return HookResult::Continue;
             }
             let enabled = self.0.ids(&arg.user);
-            if enabled.is_empty() {
+            if enabled.is_empty() && !has_remote(server, &arg.user) {
                 return HookResult::Continue;
             }
             let to_full = arg.stanza.to().clone().into_full().ok();
@@ -378,17 +426,18 @@ impl Hook<SmReceivePacket> for ReceivedCopies {
                 return HookResult::Continue;
             }
             // Who gets the original (RFC 6121 §8.5.3.1, else §8.5.3.2.1 and §8.5.2.1.1).
-            let originals: Vec<SessionId> = match to_full.and_then(|j| server.sm().get(&j)) {
-                Some(session) => vec![session.id],
+            // By full JID: session ids are per node, so in a cluster two can be equal.
+            let originals: Vec<FullJid> = match to_full.and_then(|j| server.sm().get(&j)) {
+                Some(session) => vec![session.jid],
                 None => server
                     .sm()
                     .message_targets(&arg.user)
-                    .iter()
-                    .map(|s| s.id)
+                    .into_iter()
+                    .map(|s| s.jid)
                     .collect(),
             };
             let recipients =
-                carbon_sessions(server, &arg.user, &enabled, |s| !originals.contains(&s.id));
+                carbon_sessions(server, &arg.user, &enabled, |s| !originals.contains(&s.jid));
             send_copies(
                 &arg.user,
                 arg.stanza.element(),

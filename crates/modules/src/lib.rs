@@ -27,6 +27,9 @@
 //! | [`stream_mgmt`] `mod_stream_mgmt` | XEP-0198 stream management (run by c2s) |
 //! | [`client_state`] `mod_client_state` | XEP-0352 client state indication (run by c2s) |
 //! | [`http_api`] `mod_http_api` | admin HTTP API options (served by `starling-http`) |
+//! | [`http_upload`] `mod_http_upload` | XEP-0363 HTTP file upload (files served by `starling-http`) |
+//! | [`bosh`] `mod_bosh` (`mod_http_bind`) | BOSH options (served by `starling-http`) |
+//! | [`fail2ban`] `mod_fail2ban` | failed-login banning options (run by core and c2s) |
 
 #![forbid(unsafe_code)]
 
@@ -37,10 +40,13 @@ use starling_core::module::Module;
 
 pub mod adhoc;
 pub mod blocking;
+pub mod bosh;
 pub mod carbons;
 pub mod client_state;
 pub mod disco;
+pub mod fail2ban;
 pub mod http_api;
+pub mod http_upload;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -85,6 +91,9 @@ pub fn catalogue() -> Vec<Arc<dyn Module>> {
         Arc::new(stream_mgmt::StreamMgmt),
         Arc::new(client_state::ClientState),
         Arc::new(http_api::HttpApi),
+        Arc::new(http_upload::HttpUpload),
+        Arc::new(bosh::Bosh),
+        Arc::new(fail2ban::Fail2ban),
         Arc::new(adhoc::Adhoc),
         Arc::new(adhoc::Configure),
     ]

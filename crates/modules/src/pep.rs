@@ -27,7 +27,9 @@
 //!   of each local contact the access model admits (for `open`, the contacts with a presence
 //!   subscription), when that resource's entity capabilities include `NODE+notify`
 //!   ([`caps`]: learnt from broadcast presence, verified, cached). Sessions with unknown or
-//!   unverifiable caps get none.
+//!   unverifiable caps get none. In a cluster, caps are known on the session's own node: a
+//!   notification goes to every admitted session on other nodes, and each node drops (at
+//!   `user_receive_packet`) those its sessions' caps do not ask for.
 //! - §4.3.4 / XEP-0060 §12.13 **last published item**: sent (with a `<delay/>`) to a session
 //!   once its caps are known after its initial presence, for its own nodes and its contacts'
 //!   nodes it is interested in and admitted to, unless the node says
@@ -53,7 +55,8 @@ use starling_config::{ModuleOptions, ModuleSpec, OptionKind, OptionSpec};
 use starling_core::BoxFuture;
 use starling_core::Server;
 use starling_core::hooks::{
-    Hook, HookResult, PresenceBroadcast, RemoveUser, SessionClosed, SmReceivePacket, UserSendPacket,
+    Hook, HookResult, PresenceBroadcast, RemoveUser, SessionClosed, SmReceivePacket,
+    UserReceivePacket, UserSendPacket,
 };
 use starling_core::module::{
     HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
@@ -218,7 +221,10 @@ impl Module for Pep {
             .add(50, Arc::new(CapsForget(state.clone())));
         hooks
             .sm_receive_packet
-            .add(60, Arc::new(SubscriptionApproved(state)));
+            .add(60, Arc::new(SubscriptionApproved(state.clone())));
+        hooks
+            .user_receive_packet
+            .add(50, Arc::new(CapsFilter(state)));
         hooks.remove_user.add(50, Arc::new(RemovePep));
         Ok(registrations)
     }
@@ -893,8 +899,10 @@ impl IqHandler for NodeItems {
     }
 }
 
-/// The available local sessions that should hear about `node`: the owner's and those of the
-/// contacts its access model admits, whose caps ask for `NODE+notify`.
+/// The available sessions that should hear about `node`: the owner's and those of the
+/// contacts its access model admits, whose caps ask for `NODE+notify`. Caps are learnt on the
+/// node a session's presence passes through, so sessions on other cluster nodes are all
+/// included and their node filters ([`CapsFilter`]).
 async fn recipients(
     server: &Server,
     state: &State,
@@ -905,8 +913,8 @@ async fn recipients(
         .sm()
         .available_of(owner)
         .into_iter()
+        .filter(|s| !s.is_local() || state.caps.wants(&s.jid, &node.name))
         .map(|s| s.jid)
-        .filter(|jid| state.caps.wants(jid, &node.name))
         .collect();
     if AccessModel::of(node) == AccessModel::Whitelist {
         return out;
@@ -935,8 +943,8 @@ async fn recipients(
                 .sm()
                 .available_of(&item.jid)
                 .into_iter()
-                .map(|s| s.jid)
-                .filter(|jid| state.caps.wants(jid, &node.name)),
+                .filter(|s| !s.is_local() || state.caps.wants(&s.jid, &node.name))
+                .map(|s| s.jid),
         );
     }
     out
@@ -1097,6 +1105,41 @@ impl Hook<PresenceBroadcast> for CapsPresence {
                 },
             }
             HookResult::Continue
+        })
+    }
+}
+
+/// The PEP node a notification from one of this server's accounts is about: a headline-or-
+/// normal message from a local bare JID carrying `<event>` whose first child names a node.
+fn notification_node<'a>(server: &Server, stanza: &'a Stanza) -> Option<&'a str> {
+    if stanza.kind() != Kind::Message {
+        return None;
+    }
+    let from = stanza.from();
+    if !from.is_bare() || from.node().is_none() || !server.is_local(from.domain()) {
+        return None;
+    }
+    let event = stanza.element().get_child("event", PUBSUB_EVENT)?;
+    event.children().next()?.attr("node")
+}
+
+/// `user_receive_packet`: drops a notification reaching a session of this node whose caps do
+/// not ask for it. Another cluster node sends notifications to all of an account's sessions
+/// here, since only this node learnt their caps (see [`recipients`]); for notifications this
+/// node made, the check was already done and passes again.
+struct CapsFilter(Arc<State>);
+
+impl Hook<UserReceivePacket> for CapsFilter {
+    fn call<'a>(
+        &'a self,
+        server: &'a Server,
+        arg: &'a mut UserReceivePacket,
+    ) -> BoxFuture<'a, HookResult> {
+        Box::pin(async move {
+            match notification_node(server, &arg.stanza) {
+                Some(node) if !self.0.caps.wants(&arg.session, node) => HookResult::Stop,
+                _ => HookResult::Continue,
+            }
         })
     }
 }

@@ -101,8 +101,9 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
     let cluster_config = config.cluster.clone();
     let server = Server::new(config, store, catalogue)
         .map_err(|e| anyhow::anyhow!("cannot start modules: {e}"))?;
+    let metrics = Arc::new(Metrics::new(server.counters().clone()));
     let cluster = match cluster_config {
-        Some(c) => Some(start_cluster(&server, &c, &data_dir).await?),
+        Some(c) => Some(start_cluster(&server, &c, &data_dir, &metrics).await?),
         None => None,
     };
 
@@ -116,7 +117,6 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
     };
     let s2s = start_s2s(&server, dialback_secret).context("cannot start the s2s manager")?;
     let mut s2s_addrs = Vec::new();
-    let metrics = Arc::new(Metrics::new(server.counters().clone()));
     let http_context = HttpContext::new(server.clone(), metrics.clone());
     let mut c2s = Vec::new();
     let mut http = Vec::new();
@@ -157,8 +157,14 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
                 tracing::info!(addr = %local, direct_tls = listener.tls, "s2s listener started");
                 let (s2s, server, listener) = (s2s.clone(), server.clone(), listener.clone());
                 tokio::spawn(async move {
-                    s2s.serve(server, socket, listener.tls, listener.max_stanza_size)
-                        .await;
+                    s2s.serve(
+                        server,
+                        socket,
+                        listener.tls,
+                        listener.max_stanza_size,
+                        listener.use_proxy_protocol,
+                    )
+                    .await;
                 });
             } else {
                 tracing::info!(addr = %local, "component listener started");
@@ -166,6 +172,7 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
                     password: listener.password.clone(),
                     negotiation_timeout,
                     max_stanza_size: listener.max_stanza_size,
+                    proxy_protocol: listener.use_proxy_protocol,
                 };
                 tokio::spawn(starling_s2s::component::serve(
                     server.clone(),
@@ -193,20 +200,42 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
             negotiation_timeout,
             send_timeout: Duration::from_secs(15),
         });
-        tracing::info!(addr = %local, direct_tls = listener.tls, starttls_required = listener.starttls_required, "c2s listener started");
+        tracing::info!(addr = %local, direct_tls = listener.tls, starttls_required = listener.starttls_required, proxy_protocol = listener.use_proxy_protocol, "c2s listener started");
+        // Behind a load balancer the PROXY header's address is the client's, for everything.
+        let accept = starling_listener::accept::Accept::new(MAX_CONNECTIONS_PER_LISTENER)
+            .with_proxy_protocol(listener.use_proxy_protocol);
         c2s.push((local, listener.tls));
+        // Bans, connection limits and the shaper, checked once the client's address is known.
+        let admission = Arc::new(starling_c2s::Admission {
+            limits: starling_listener::limits::ConnLimits::new(
+                starling_listener::limits::LimitSettings {
+                    max_connections: listener.max_connections,
+                    max_connections_per_ip: listener.max_connections_per_ip,
+                    max_connections_rate_per_ip: listener
+                        .max_connections_rate_per_ip
+                        .map(f64::from),
+                },
+            ),
+            shaper: listener
+                .shaper
+                .as_deref()
+                .and_then(|name| server.config().shaper_rate(name)),
+        });
         let server = server.clone();
         let mut state = server.state_changes();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = state.wait_for(|s| *s == NodeState::Stopping).await;
             };
-            starling_listener::accept::serve(
-                socket,
-                MAX_CONNECTIONS_PER_LISTENER,
-                shutdown,
-                move |tcp, peer| starling_c2s::run(server.clone(), settings.clone(), tcp, peer),
-            )
+            starling_listener::accept::serve_with(socket, accept, shutdown, move |tcp, peer| {
+                starling_c2s::accept(
+                    server.clone(),
+                    settings.clone(),
+                    admission.clone(),
+                    tcp,
+                    peer,
+                )
+            })
             .await;
         });
     }
@@ -241,6 +270,7 @@ async fn start_cluster(
     server: &Arc<Server>,
     config: &starling_config::ClusterConfig,
     data_dir: &std::path::Path,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<starling_cluster::Cluster> {
     let cookie = starling_cluster::cookie::Cookie::load_or_create(&data_dir.join("cookie"))
         .context("cannot read the cluster cookie")?;
@@ -249,6 +279,7 @@ async fn start_cluster(
         listen: config.listen,
         data_dir: data_dir.to_owned(),
         cookie,
+        metrics: Some(metrics.clone()),
     };
     starling_cluster::Cluster::start(server, settings)
         .await

@@ -13,10 +13,16 @@ async fn plain_login_completes_partial_scram_keys() {
     let stores = node.server.stores();
     let full = stores.credentials(&user).await.unwrap().unwrap();
     // As imported from a server that kept SCRAM-SHA-1 only.
-    let partial =
-        Credentials::from_keys([full.keys(ScramHash::Sha1).unwrap().clone()]).unwrap();
+    let partial = Credentials::from_keys([full.keys(ScramHash::Sha1).unwrap().clone()]).unwrap();
     stores.set_credentials(&user, &partial).await.unwrap();
-    assert!(!stores.credentials(&user).await.unwrap().unwrap().is_complete());
+    assert!(
+        !stores
+            .credentials(&user)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_complete()
+    );
 
     assert!(node.login("old", "wrong", "r").await.is_err());
     node.login("old", "pw", "r").await.unwrap();
