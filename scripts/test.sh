@@ -7,8 +7,10 @@
 #   doctests cargo test --workspace --doc --locked
 #   interop  pytest interop/ against target/debug/{starling,starlingctl}
 # Installs what the steps need when missing: rustfmt/clippy via rustup, python3 and
-# its venv module, ejabberd (for its default config file) and PostgreSQL (binaries for the
-# tests' private servers) via apt (Debian, as root),
+# its venv module, ejabberd (for its default config file and the federation tests), Prosody
+# (federation tests), HAProxy and PostgreSQL (binaries for the tests' private servers) via apt
+# (Debian, as root; their services are never started), Chromium (browser test) via apt,
+# interop/js's npm packages (npm ci, pinned by its package-lock.json),
 # the pinned Python packages of
 # interop/requirements.txt into interop/.venv.
 #
@@ -116,6 +118,21 @@ ensure_ejabberd() {
     return "$rc"
 }
 
+ensure_prosody() {
+    # interop/test_federation.py starts a private Prosody (and ejabberd) itself, from its own
+    # config in a temp dir: only the package's files are needed, never its service. openssl
+    # makes the tests' certificates.
+    command -v openssl >/dev/null || apt_install openssl || return 1
+    command -v prosody >/dev/null && command -v prosodyctl >/dev/null && return 0
+    local policy=/usr/sbin/policy-rc.d created=0 rc=0
+    if ((EUID == 0)) && [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt_install prosody || rc=$?
+    ((created)) && rm -f "$policy"
+    return "$rc"
+}
+
 ensure_postgres() {
     # The PostgreSQL conformance and end-to-end tests start a private server themselves
     # (testkit::postgres): only the binaries are needed, never the Debian service.
@@ -128,6 +145,50 @@ ensure_postgres() {
     apt_install postgresql || rc=$?
     ((created)) && rm -f "$policy"
     return "$rc"
+}
+
+ensure_node_modules() {
+    # interop/test_websocket.py runs real JavaScript XMPP clients (@xmpp/client, playwright-core)
+    # and interop/test_bosh.py strophe.js (with xhr2, @xmldom/xmldom) from interop/js, pinned
+    # by its package-lock.json. Node >= 20.10 comes with the machine
+    # (Debian's own nodejs is too old for @xmpp/client).
+    local js=$ROOT/interop/js stamp want
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm || return 1
+    stamp=$js/node_modules/.package-lock.sha256
+    want=$(sha256sum "$js/package-lock.json" | cut -d' ' -f1)
+    [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return 0
+    log "npm ci in interop/js"
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    echo "$want" >"$stamp"
+}
+
+ensure_chromium() {
+    # The browser test drives Debian's Chromium headless (never a browser playwright downloads).
+    [[ -x /usr/bin/chromium ]] && return 0
+    apt_install chromium
+}
+
+ensure_haproxy() {
+    # crates/server/tests/haproxy.rs runs a private haproxy (foreground, its own config and
+    # ports): only the binary is needed, never the Debian service.
+    command -v haproxy >/dev/null && return 0
+    [[ -x /usr/sbin/haproxy ]] && return 0
+    local policy=/usr/sbin/policy-rc.d created=0 rc=0
+    if ((EUID == 0)) && [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt_install haproxy || rc=$?
+    ((created)) && rm -f "$policy"
+    return "$rc"
+}
+
+ensure_nftables() {
+    # crates/server/tests/cluster_partition.rs cuts links with nft rules inside a network
+    # namespace it creates (root only); only the binary is needed, no ruleset or service.
+    command -v nft >/dev/null && return 0
+    [[ -x /usr/sbin/nft ]] && return 0
+    ((EUID == 0)) || return 0
+    apt_install nftables
 }
 
 # ---------------------------------------------------------------- steps
@@ -166,6 +227,8 @@ step_build() { cargo build --workspace --all-targets --locked; }
 step_tests() {
     ensure_ejabberd || return 1
     ensure_postgres || return 1
+    ensure_haproxy || return 1
+    ensure_nftables || return 1
     local profile=default
     [[ ${CI:-} == true ]] && profile=ci
     if cargo nextest --version >/dev/null 2>&1; then
@@ -178,6 +241,10 @@ step_tests() {
 step_doctests() { cargo test --workspace --doc --locked; }
 step_interop() {
     ensure_venv || return 1
+    ensure_ejabberd || return 1
+    ensure_prosody || return 1
+    ensure_node_modules || return 1
+    ensure_chromium || return 1
     local target
     target=$(cargo metadata --format-version 1 --no-deps --locked |
         "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') || return 1
