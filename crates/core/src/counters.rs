@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
 use starling_xmpp::sasl::Mechanism;
 use starling_xmpp::stanza::Kind;
@@ -89,68 +88,7 @@ fn mechanism_index(mechanism: AuthMechanism) -> usize {
         .unwrap_or(Mechanism::ALL.len())
 }
 
-/// Upper bounds of the routing latency buckets, in seconds: 25 µs to 1 s, so both the 20 µs
-/// budget of DESIGN.md §8 and a stuck storage call are visible.
-pub const ROUTING_BUCKETS: [f64; 12] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
-];
-
-/// A latency histogram with fixed buckets, in atomics. Bucket `i` counts observations no larger
-/// than `ROUTING_BUCKETS[i]` and larger than the previous bound; the last slot is `+Inf`.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; ROUTING_BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-/// A point-in-time copy of a [`LatencyHistogram`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct HistogramSnapshot {
-    /// `(upper bound in seconds, observations in this bucket only)`, ending with `+Inf`.
-    pub buckets: Vec<(f64, u64)>,
-    /// Sum of observations, in seconds.
-    pub sum: f64,
-    /// Number of observations.
-    pub count: u64,
-}
-
-impl LatencyHistogram {
-    /// Records one observation.
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let slot = ROUTING_BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(ROUTING_BUCKETS.len());
-        if let Some(bucket) = self.buckets.get(slot) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The current values. Reads are not atomic as a whole; a scrape racing an observation may
-    /// see the count one off from the buckets, which Prometheus tolerates.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let buckets = ROUTING_BUCKETS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
-            .collect();
-        // Nanoseconds to seconds: the precision lost in the cast is far below a bucket width.
-        #[allow(clippy::cast_precision_loss)]
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        HistogramSnapshot {
-            buckets,
-            sum,
-            count: self.count.load(Ordering::Relaxed),
-        }
-    }
-}
+pub use starling_storage::timing::{HistogramSnapshot, LatencyHistogram, ROUTING_BUCKETS};
 
 /// The node's counters. One per [`crate::Server`], reached through `Server::counters`.
 #[derive(Debug, Default)]
@@ -161,6 +99,36 @@ pub struct Counters {
     sessions: [AtomicI64; 3],
     routing: LatencyHistogram,
     abuse: crate::ban::AbuseCounters,
+    offline: [AtomicU64; OfflineEvent::ALL.len()],
+}
+
+/// What happened to offline messages (XEP-0160), the `event` label of
+/// `starling_offline_messages_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineEvent {
+    /// Stored for an unavailable user.
+    Stored,
+    /// Refused: the user's queue was full (`max_user_offline_messages`).
+    Refused,
+    /// Taken from storage to be delivered at login.
+    Flushed,
+    /// Put back into storage because delivery was interrupted.
+    Restored,
+}
+
+impl OfflineEvent {
+    /// Every event, in label order.
+    pub const ALL: [Self; 4] = [Self::Stored, Self::Refused, Self::Flushed, Self::Restored];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Refused => "refused",
+            Self::Flushed => "flushed",
+            Self::Restored => "restored",
+        }
+    }
 }
 
 impl Counters {
@@ -226,6 +194,20 @@ impl Counters {
         &self.routing
     }
 
+    /// Counts `n` offline messages that went through `event`.
+    pub fn offline(&self, event: OfflineEvent, n: u64) {
+        if let Some(c) = self.offline.get(event as usize) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Offline messages that went through `event` since start.
+    pub fn offline_total(&self, event: OfflineEvent) -> u64 {
+        self.offline
+            .get(event as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Bans and refused connections ([`crate::ban`]).
     pub fn abuse(&self) -> &crate::ban::AbuseCounters {
         &self.abuse
@@ -266,6 +248,8 @@ impl Drop for SessionGauge {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

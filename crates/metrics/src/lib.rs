@@ -26,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use starling_core::counters::{self, Counters, Transport};
+use starling_storage::timing::QueryTimings;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
 /// scrapes natively).
@@ -68,6 +69,12 @@ impl fmt::Debug for Metrics {
 impl Metrics {
     /// Builds the registry for a node whose core counts into `counters`.
     pub fn new(counters: Arc<Counters>) -> Self {
+        Self::with_storage(counters, None)
+    }
+
+    /// Like [`Self::new`], also exporting the storage backend's call latencies
+    /// (`starling_storage_query_duration_seconds{op}`) when it times them.
+    pub fn with_storage(counters: Arc<Counters>, storage: Option<Arc<QueryTimings>>) -> Self {
         let mut registry = Registry::with_prefix("starling");
         let cluster_link_up = Family::<PeerLabels, Gauge>::default();
         registry.register(
@@ -88,6 +95,9 @@ impl Metrics {
             http_requests.clone(),
         );
         registry.register_collector(Box::new(CoreCollector { counters }));
+        if let Some(timings) = storage {
+            registry.register_collector(Box::new(StorageCollector { timings }));
+        }
         Self {
             registry,
             cluster_link_up,
@@ -111,6 +121,32 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+}
+
+/// Reads the storage backend's per-operation latencies at scrape time.
+#[derive(Debug)]
+struct StorageCollector {
+    timings: Arc<QueryTimings>,
+}
+
+impl Collector for StorageCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "storage_query_duration_seconds",
+            "Time taken by storage calls (one call may run several statements), by operation",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (op, h) in self.timings.snapshot() {
+            let labels = [("op", op)];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    h.sum, h.count, &h.buckets, None,
+                )?;
+        }
+        Ok(())
     }
 }
 
@@ -161,6 +197,18 @@ impl Collector for CoreCollector {
                 ConstCounter::new(c.auths(mechanism, success))
                     .encode(family.encode_family(&labels)?)?;
             }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "offline_messages",
+            "Offline messages (XEP-0160): stored, refused for a full queue, flushed at login, \
+             restored after an interrupted flush",
+            None,
+            MetricType::Counter,
+        )?;
+        for event in counters::OfflineEvent::ALL {
+            let labels = [("event", event.label())];
+            ConstCounter::new(c.offline_total(event)).encode(family.encode_family(&labels)?)?;
         }
 
         let abuse = c.abuse();

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use starling_config::{ModuleOptions, ModuleSpec, OptionKind, OptionSpec};
 use starling_core::BoxFuture;
 use starling_core::Server;
+use starling_core::counters::OfflineEvent;
 use starling_core::hooks::{
     Hook, HookResult, OfflineMessage, RemoveUser, SessionClosed, UserAvailable, UserSendPacket,
 };
@@ -43,6 +44,7 @@ use starling_core::module::{
     HostContext, IqHandler, IqResult, IqTarget, Module, ModuleError, Registrations,
 };
 use starling_core::router::bounce_with;
+use starling_core::server::unix_now_micros as now_micros;
 use starling_core::sm::SessionId;
 use starling_storage::{OfflineEntry, PushOutcome};
 use starling_xmpp::Element;
@@ -185,10 +187,12 @@ impl OfflineState {
             .await;
         match outcome {
             Ok(PushOutcome::Stored(id)) => {
+                server.counters().offline(OfflineEvent::Stored, 1);
                 tracing::debug!(%user, id, "offline message stored");
                 HookResult::Stop
             }
             Ok(PushOutcome::QuotaExceeded) => {
+                server.counters().offline(OfflineEvent::Refused, 1);
                 tracing::info!(%user, max = self.max, "offline message queue full");
                 let error = StanzaError::new(StanzaErrorCondition::ResourceConstraint)
                     .with_text("The recipient's offline message queue is full");
@@ -216,6 +220,8 @@ impl OfflineState {
         if entries.is_empty() {
             return;
         }
+        let taken = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+        server.counters().offline(OfflineEvent::Flushed, taken);
         let Some(target) = server.sm().get(session) else {
             restore(server, &user, entries).await;
             return;
@@ -271,6 +277,8 @@ async fn restore(server: &Server, user: &BareJid, entries: Vec<OfflineEntry>) {
         return;
     }
     tracing::warn!(%user, undelivered = entries.len(), "offline flush interrupted");
+    let n = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+    server.counters().offline(OfflineEvent::Restored, n);
     if let Err(e) = server.stores().restore_offline(user, &entries).await {
         tracing::error!(%user, error = %e, lost = entries.len(), "cannot restore offline messages");
     }
@@ -684,9 +692,6 @@ fn stamp(micros: i64) -> String {
     let base = whole.strip_suffix('Z').unwrap_or(&whole);
     format!("{base}.{millis:03}Z")
 }
-
-/// Microseconds since the Unix epoch.
-use starling_core::server::unix_now_micros as now_micros;
 
 #[cfg(test)]
 mod tests {

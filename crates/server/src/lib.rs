@@ -101,7 +101,10 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
     let cluster_config = config.cluster.clone();
     let server = Server::new(config, store, catalogue)
         .map_err(|e| anyhow::anyhow!("cannot start modules: {e}"))?;
-    let metrics = Arc::new(Metrics::new(server.counters().clone()));
+    let metrics = Arc::new(Metrics::with_storage(
+        server.counters().clone(),
+        server.stores().query_timings(),
+    ));
     let cluster = match cluster_config {
         Some(c) => Some(start_cluster(&server, &c, &data_dir, &metrics).await?),
         None => None,

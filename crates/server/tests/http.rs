@@ -514,6 +514,36 @@ async fn health_metrics_and_api() -> anyhow::Result<()> {
         ),
         Some(routed)
     );
+    // Storage calls are timed per operation (the logins read credentials).
+    assert_eq!(
+        types
+            .get("starling_storage_query_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    assert!(
+        sample(
+            &samples,
+            "starling_storage_query_duration_seconds_count",
+            &[("op", "account.credentials")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        types.get("starling_offline_messages").map(String::as_str),
+        Some("counter")
+    );
+    assert!(
+        sample(
+            &samples,
+            "starling_offline_messages_total",
+            &[("event", "stored")]
+        )
+        .is_some()
+    );
     // The API calls above were counted per handler and code.
     assert_eq!(
         sample(

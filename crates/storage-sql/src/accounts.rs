@@ -474,14 +474,14 @@ per_backend! {
             user: &'a BareJid,
             creds: &'a Credentials,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(create_account(&self.pool, user, creds))
+            self.timed("account.create", create_account(&self.pool, user, creds))
         }
 
         fn credentials<'a>(
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<Credentials>, StorageError>> {
-            Box::pin(credentials(&self.pool, user))
+            self.timed("account.credentials", credentials(&self.pool, user))
         }
 
         fn set_credentials<'a>(
@@ -489,23 +489,23 @@ per_backend! {
             user: &'a BareJid,
             creds: &'a Credentials,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(set_credentials(&self.pool, user, creds))
+            self.timed("account.set_credentials", set_credentials(&self.pool, user, creds))
         }
 
         fn exists<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(account_exists(&self.pool, user))
+            self.timed("account.exists", account_exists(&self.pool, user))
         }
 
         fn remove<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(remove_account(&self.pool, user))
+            self.timed("account.remove", remove_account(&self.pool, user))
         }
 
         fn list<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
-            Box::pin(list_accounts(&self.pool, host))
+            self.timed("account.list", list_accounts(&self.pool, host))
         }
 
         fn count<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<u64, StorageError>> {
-            Box::pin(count_accounts(&self.pool, host))
+            self.timed("account.count", count_accounts(&self.pool, host))
         }
     }
 
@@ -514,11 +514,11 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<(Vec<RosterItem>, String), StorageError>> {
-            Box::pin(roster(&self.pool, user))
+            self.timed("roster.roster", roster(&self.pool, user))
         }
 
         fn version<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<String, StorageError>> {
-            Box::pin(roster_version(&self.pool, user))
+            self.timed("roster.version", roster_version(&self.pool, user))
         }
 
         fn item<'a>(
@@ -526,7 +526,7 @@ per_backend! {
             user: &'a BareJid,
             contact: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<RosterItem>, StorageError>> {
-            Box::pin(roster_item(&self.pool, user, contact))
+            self.timed("roster.item", roster_item(&self.pool, user, contact))
         }
 
         fn put_item<'a>(
@@ -535,7 +535,7 @@ per_backend! {
             item: &'a RosterItem,
             max_items: u32,
         ) -> BoxFuture<'a, Result<String, StorageError>> {
-            Box::pin(put_roster_item(&self.pool, user, item, max_items))
+            self.timed("roster.put_item", put_roster_item(&self.pool, user, item, max_items))
         }
 
         fn remove_item<'a>(
@@ -543,7 +543,7 @@ per_backend! {
             user: &'a BareJid,
             contact: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
-            Box::pin(remove_roster_item(&self.pool, user, contact))
+            self.timed("roster.remove_item", remove_roster_item(&self.pool, user, contact))
         }
     }
 
@@ -554,14 +554,14 @@ per_backend! {
             seconds: i64,
             status: &'a str,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(set_last(&self.pool, user, seconds, status))
+            self.timed("last_activity.set_last", set_last(&self.pool, user, seconds, status))
         }
 
         fn last<'a>(
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<(i64, String)>, StorageError>> {
-            Box::pin(last(&self.pool, user))
+            self.timed("last_activity.last", last(&self.pool, user))
         }
     }
 }

@@ -39,12 +39,15 @@ mod private;
 pub mod sql;
 mod vcard;
 
+use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection as _, Database, Pool};
+use starling_storage::timing::QueryTimings;
 use starling_storage::{BoxFuture, StorageError, Stores};
 
 pub use migrations::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE};
@@ -106,6 +109,8 @@ pub struct SqlStore<DB: Database = Sqlite> {
     pool: Pool<DB>,
     /// What [`Stores::db_identity`] reports.
     identity: String,
+    /// Latency of every store call, by operation (read by the metrics exporter).
+    timings: Arc<QueryTimings>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -113,6 +118,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
         Self {
             pool: self.pool.clone(),
             identity: self.identity.clone(),
+            timings: self.timings.clone(),
         }
     }
 }
@@ -147,6 +153,7 @@ impl SqlStore<Sqlite> {
         let store = Self {
             pool,
             identity: "sqlite".to_owned(),
+            timings: Arc::default(),
         };
         store.migrate().await?;
         tracing::info!(path = %path.display(), "sqlite storage open");
@@ -211,7 +218,11 @@ impl SqlStore<Postgres> {
             .connect_with(options)
             .await
             .map_err(|e| cannot(&e))?;
-        let store = Self { pool, identity };
+        let store = Self {
+            pool,
+            identity,
+            timings: Arc::default(),
+        };
         store.migrate().await?;
         tracing::info!(database = %store.identity, "postgresql storage open");
         Ok(store)
@@ -263,9 +274,29 @@ macro_rules! per_backend {
 }
 pub(crate) use per_backend;
 
+impl<DB: Database> SqlStore<DB> {
+    /// Runs a store call, recording how long it took under `op` (`store.method`).
+    fn timed<'a, T: 'a>(
+        &'a self,
+        op: &'static str,
+        call: impl Future<Output = T> + Send + 'a,
+    ) -> BoxFuture<'a, T> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let out = call.await;
+            self.timings.observe(op, start.elapsed());
+            out
+        })
+    }
+}
+
 impl Stores for SqlStore<Sqlite> {
     fn backend_name(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn query_timings(&self) -> Option<Arc<QueryTimings>> {
+        Some(self.timings.clone())
     }
 
     fn db_identity(&self) -> String {
@@ -290,6 +321,10 @@ impl Stores for SqlStore<Sqlite> {
 impl Stores for SqlStore<Postgres> {
     fn backend_name(&self) -> &'static str {
         "pgsql"
+    }
+
+    fn query_timings(&self) -> Option<Arc<QueryTimings>> {
+        Some(self.timings.clone())
     }
 
     fn db_identity(&self) -> String {

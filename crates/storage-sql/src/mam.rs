@@ -202,7 +202,7 @@ per_backend! {
             message: &'a ArchivedMessage,
             expire_before: Option<i64>,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.archive_message", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 sqlx::query(INSERT_MESSAGE)
@@ -241,7 +241,7 @@ per_backend! {
             user: &'a BareJid,
             query: &'a ArchiveQuery,
         ) -> BoxFuture<'a, Result<ArchivePage, StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.query_archive", async move {
                 let (host, username) = account_key(user)?;
                 // One read transaction: the anchors, the page and the count see one snapshot.
                 let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -313,7 +313,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<(i64, i64)>, StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.archive_bounds", async move {
                 let (host, username) = account_key(user)?;
                 let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(SELECT_BOUNDS)
                     .bind(host)
@@ -329,7 +329,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<ArchivePrefs>, StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.archive_prefs", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 let policy: Option<String> = sqlx::query_scalar(SELECT_PREFS)
@@ -375,7 +375,7 @@ per_backend! {
             user: &'a BareJid,
             prefs: &'a ArchivePrefs,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.set_archive_prefs", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 sqlx::query(UPSERT_PREFS)
@@ -417,7 +417,7 @@ per_backend! {
         }
 
         fn remove_archive<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("mam.remove_archive", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 for statement in [DELETE_MESSAGES, DELETE_PREFS_JIDS, DELETE_PREFS] {

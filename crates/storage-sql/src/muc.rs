@@ -70,7 +70,7 @@ per_backend! {
             &'a self,
             service: &'a str,
         ) -> BoxFuture<'a, Result<Vec<StoredRoom>, StorageError>> {
-            Box::pin(async move {
+            self.timed("muc.muc_rooms", async move {
                 let rows: Vec<RoomRow> = sqlx::query_as(SELECT_ROOMS)
                     .bind(service)
                     .fetch_all(&self.pool)
@@ -101,7 +101,7 @@ per_backend! {
             service: &'a str,
             name: &'a str,
         ) -> BoxFuture<'a, Result<Option<StoredRoom>, StorageError>> {
-            Box::pin(async move {
+            self.timed("muc.muc_room", async move {
                 let row: Option<RoomRow> = sqlx::query_as(SELECT_ROOM)
                     .bind(service)
                     .bind(name)
@@ -127,7 +127,7 @@ per_backend! {
         }
 
         fn put_muc_room<'a>(&'a self, room: &'a StoredRoom) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("muc.put_muc_room", async move {
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 sqlx::query(UPSERT_ROOM)
                     .bind(room.service.as_str())
@@ -165,7 +165,7 @@ per_backend! {
             service: &'a str,
             name: &'a str,
         ) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("muc.delete_muc_room", async move {
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 let deleted = sqlx::query(DELETE_ROOM)
                     .bind(service)

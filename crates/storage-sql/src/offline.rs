@@ -71,7 +71,7 @@ per_backend! {
             stored_at: i64,
             max: u32,
         ) -> BoxFuture<'a, Result<PushOutcome, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.push_offline", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 // The bump is the first write: see the module docs.
@@ -108,7 +108,7 @@ per_backend! {
         }
 
         fn offline_count<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.offline_count", async move {
                 let (host, username) = account_key(user)?;
                 let n: i64 = sqlx::query_scalar(COUNT_OFFLINE)
                     .bind(host)
@@ -124,7 +124,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.offline_messages", async move {
                 let (host, username) = account_key(user)?;
                 let rows: Vec<Row> = sqlx::query_as(SELECT_OFFLINE)
                     .bind(host)
@@ -140,7 +140,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Vec<(i64, String)>, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.offline_headers", async move {
                 let (host, username) = account_key(user)?;
                 sqlx::query_as(SELECT_OFFLINE_HEADERS)
                     .bind(host)
@@ -156,7 +156,7 @@ per_backend! {
             user: &'a BareJid,
             id: i64,
         ) -> BoxFuture<'a, Result<Option<OfflineEntry>, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.offline_message", async move {
                 let (host, username) = account_key(user)?;
                 let row: Option<Row> = sqlx::query_as(SELECT_OFFLINE_ONE)
                     .bind(host)
@@ -173,7 +173,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Vec<OfflineEntry>, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.take_offline", async move {
                 let (host, username) = account_key(user)?;
                 // One statement: whoever runs it first gets the rows, a concurrent taker none.
                 let rows: Vec<Row> = sqlx::query_as(TAKE_OFFLINE)
@@ -193,7 +193,7 @@ per_backend! {
             user: &'a BareJid,
             entries: &'a [OfflineEntry],
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.restore_offline", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 for e in entries {
@@ -217,7 +217,7 @@ per_backend! {
             user: &'a BareJid,
             id: i64,
         ) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.remove_offline", async move {
                 let (host, username) = account_key(user)?;
                 let removed = sqlx::query(DELETE_OFFLINE_ONE)
                     .bind(host)
@@ -232,7 +232,7 @@ per_backend! {
         }
 
         fn clear_offline<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.clear_offline", async move {
                 let (host, username) = account_key(user)?;
                 let removed = sqlx::query(DELETE_OFFLINE_ALL)
                     .bind(host)
@@ -249,7 +249,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("offline.remove_offline_user", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 for statement in [DELETE_OFFLINE_ALL, DELETE_OFFLINE_SEQ] {

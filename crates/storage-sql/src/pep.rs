@@ -195,7 +195,7 @@ per_backend! {
             user: &'a BareJid,
             node: &'a str,
         ) -> BoxFuture<'a, Result<Option<PepNode>, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.pep_node", async move {
                 let (host, username) = account_key(user)?;
                 let row: Option<NodeRow> = sqlx::query_as(SELECT_NODE)
                     .bind(host)
@@ -212,7 +212,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Vec<PepNode>, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.pep_nodes", async move {
                 let (host, username) = account_key(user)?;
                 let rows: Vec<NodeRow> = sqlx::query_as(SELECT_NODES)
                     .bind(host)
@@ -233,7 +233,7 @@ per_backend! {
             node: &'a PepNode,
             max_nodes: u32,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.put_pep_node", async move {
                 let key = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 // Dropping the transaction on an error rolls it back.
@@ -264,7 +264,7 @@ per_backend! {
             item: &'a PepItem,
             max_nodes: u32,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.publish_pep_item", async move {
                 let key = account_key(user)?;
                 let (host, username) = key;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -310,7 +310,7 @@ per_backend! {
             node: &'a str,
             query: PepItemsQuery<'a>,
         ) -> BoxFuture<'a, Result<Vec<PepItem>, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.pep_items", async move {
                 let (host, username) = account_key(user)?;
                 let rows: Vec<ItemRow> = match query {
                     PepItemsQuery::All | PepItemsQuery::Newest(_) => {
@@ -357,7 +357,7 @@ per_backend! {
             node: &'a str,
             id: &'a str,
         ) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.retract_pep_item", async move {
                 let (host, username) = account_key(user)?;
                 let deleted = sqlx::query(DELETE_ITEM)
                     .bind(host)
@@ -377,7 +377,7 @@ per_backend! {
             user: &'a BareJid,
             node: &'a str,
         ) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.delete_pep_node", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 let deleted = sqlx::query(DELETE_NODE)
@@ -401,7 +401,7 @@ per_backend! {
         }
 
         fn remove_pep<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<u64, StorageError>> {
-            Box::pin(async move {
+            self.timed("pep.remove_pep", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 let nodes = sqlx::query(DELETE_USER_NODES)

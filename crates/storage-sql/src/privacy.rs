@@ -137,7 +137,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<PrivacyLists, StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.privacy_lists", async move {
                 let (host, username) = account_key(user)?;
                 let mut names: Vec<String> = sqlx::query_scalar(SELECT_PRIVACY_LIST_NAMES)
                     .bind(host)
@@ -162,7 +162,7 @@ per_backend! {
             user: &'a BareJid,
             name: &'a str,
         ) -> BoxFuture<'a, Result<Option<Vec<PrivacyItem>>, StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.privacy_list", async move {
                 let (host, username) = account_key(user)?;
                 let rows: Vec<ItemRow> = sqlx::query_as(SELECT_PRIVACY_ITEMS)
                     .bind(host)
@@ -186,7 +186,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<PrivacyList>, StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.default_privacy_list", async move {
                 let (host, username) = account_key(user)?;
                 let rows: Vec<DefaultRow> = sqlx::query_as(SELECT_PRIVACY_DEFAULT_ITEMS)
                     .bind(host)
@@ -211,7 +211,7 @@ per_backend! {
             items: &'a [PrivacyItem],
             max_lists: u32,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.put_privacy_list", async move {
                 let (host, username) = account_key(user)?;
                 validate_privacy_items(items)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
@@ -271,7 +271,7 @@ per_backend! {
             user: &'a BareJid,
             name: &'a str,
         ) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.remove_privacy_list", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 let removed = sqlx::query(DELETE_PRIVACY_LIST)
@@ -302,7 +302,7 @@ per_backend! {
             user: &'a BareJid,
             name: Option<&'a str>,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.set_default_privacy_list", async move {
                 let (host, username) = account_key(user)?;
                 let Some(name) = name else {
                     sqlx::query(DELETE_PRIVACY_DEFAULT)
@@ -338,7 +338,7 @@ per_backend! {
         }
 
         fn remove_privacy<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("privacy.remove_privacy", async move {
                 let (host, username) = account_key(user)?;
                 let mut tx = self.pool.begin().await.map_err(backend)?;
                 for statement in [

@@ -31,7 +31,7 @@ per_backend! {
             user: &'a BareJid,
             namespace: &'a str,
         ) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
-            Box::pin(async move {
+            self.timed("private.private_data", async move {
                 let (host, username) = account_key(user)?;
                 sqlx::query_scalar(SELECT_PRIVATE)
                     .bind(host)
@@ -49,7 +49,7 @@ per_backend! {
             entries: &'a [(String, String)],
             max_namespaces: u32,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("private.set_private_data", async move {
                 let (host, username) = account_key(user)?;
                 if entries.is_empty() {
                     return Ok(());
@@ -85,7 +85,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<u64, StorageError>> {
-            Box::pin(async move {
+            self.timed("private.remove_private_data", async move {
                 let (host, username) = account_key(user)?;
                 Ok(sqlx::query(DELETE_PRIVATE)
                     .bind(host)

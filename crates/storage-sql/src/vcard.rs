@@ -25,7 +25,7 @@ per_backend! {
             &'a self,
             user: &'a BareJid,
         ) -> BoxFuture<'a, Result<Option<StoredVcard>, StorageError>> {
-            Box::pin(async move {
+            self.timed("vcard.vcard", async move {
                 let (host, username) = account_key(user)?;
                 let row: Option<(String, Option<String>)> = sqlx::query_as(SELECT_VCARD)
                     .bind(host)
@@ -42,7 +42,7 @@ per_backend! {
             user: &'a BareJid,
             vcard: &'a StoredVcard,
         ) -> BoxFuture<'a, Result<(), StorageError>> {
-            Box::pin(async move {
+            self.timed("vcard.set_vcard", async move {
                 let (host, username) = account_key(user)?;
                 sqlx::query(UPSERT_VCARD)
                     .bind(host)
@@ -58,7 +58,7 @@ per_backend! {
         }
 
         fn remove_vcard<'a>(&'a self, user: &'a BareJid) -> BoxFuture<'a, Result<bool, StorageError>> {
-            Box::pin(async move {
+            self.timed("vcard.remove_vcard", async move {
                 let (host, username) = account_key(user)?;
                 let removed = sqlx::query(DELETE_VCARD)
                     .bind(host)

@@ -39,6 +39,7 @@ pub mod pep;
 pub mod privacy;
 pub mod private;
 pub mod roster;
+pub mod timing;
 pub mod vcard;
 
 pub use account::AccountStore;
@@ -112,6 +113,11 @@ pub trait Stores:
                 "online restore is not available for this backend".to_owned(),
             ))
         })
+    }
+
+    /// Per-operation call latencies, for backends that time their calls.
+    fn query_timings(&self) -> Option<std::sync::Arc<timing::QueryTimings>> {
+        None
     }
 
     /// Flushes and closes the backend; later calls fail with [`StorageError::Backend`].
