@@ -1534,6 +1534,7 @@ impl Established {
             None => false,
         };
         conn.write(&stanza.bytes()).await.map_err(End::Io)?;
+        self.server.counters().stanza_delivered(stanza.kind());
         if request {
             self.request_ack(conn).await?;
         }

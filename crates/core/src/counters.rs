@@ -94,6 +94,7 @@ pub use starling_storage::timing::{HistogramSnapshot, LatencyHistogram, ROUTING_
 #[derive(Debug, Default)]
 pub struct Counters {
     stanzas_routed: [AtomicU64; 3],
+    stanzas_delivered: [AtomicU64; 3],
     auth_success: [AtomicU64; MECHANISMS],
     auth_failure: [AtomicU64; MECHANISMS],
     sessions: [AtomicI64; 3],
@@ -142,6 +143,20 @@ impl Counters {
     /// Stanzas routed so far of `kind`.
     pub fn stanzas_routed(&self, kind: Kind) -> u64 {
         self.stanzas_routed
+            .get(kind_index(kind))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts one stanza written to a client connection (c2s, WebSocket, BOSH).
+    pub fn stanza_delivered(&self, kind: Kind) {
+        if let Some(c) = self.stanzas_delivered.get(kind_index(kind)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Stanzas written to client connections so far, of `kind`.
+    pub fn stanzas_delivered(&self, kind: Kind) -> u64 {
+        self.stanzas_delivered
             .get(kind_index(kind))
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }

@@ -183,6 +183,17 @@ impl Collector for CoreCollector {
         }
 
         let mut family = encoder.encode_descriptor(
+            "stanzas_delivered",
+            "Stanzas written to client connections (TCP, WebSocket, BOSH), by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in counters::KINDS {
+            let labels = [("kind", counters::kind_label(kind))];
+            ConstCounter::new(c.stanzas_delivered(kind)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "c2s_auth",
             "Client SASL authentications, by mechanism and result",
             None,

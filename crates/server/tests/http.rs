@@ -514,6 +514,16 @@ async fn health_metrics_and_api() -> anyhow::Result<()> {
         ),
         Some(routed)
     );
+    // The ping result was written to the client.
+    assert!(
+        sample(
+            &samples,
+            "starling_stanzas_delivered_total",
+            &[("kind", "iq")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
     // Storage calls are timed per operation (the logins read credentials).
     assert_eq!(
         types
