@@ -49,6 +49,7 @@ pub(crate) async fn run(
     peer: SocketAddr,
     direct_tls: bool,
     max_stanza_size: usize,
+    shaper: Option<u64>,
 ) {
     let info = Arc::new(Mutex::new(ConnInfo {
         local: String::new(),
@@ -63,6 +64,9 @@ pub(crate) async fn run(
         ..Limits::default()
     };
     let mut stream = XmlStream::new(Transport::Plain(tcp), ns::SERVER, limits);
+    if let Some(rate) = shaper {
+        stream.set_shaper(rate);
+    }
     let deadline = Instant::now() + inner.settings.negotiation_timeout;
     let outcome = tokio::select! {
         r = serve(&inner, &server, &mut stream, &info, direct_tls, max_stanza_size, deadline) => r,

@@ -188,6 +188,7 @@ impl S2s {
         direct_tls: bool,
         max_stanza_size: usize,
         proxy_protocol: bool,
+        shaper: Option<u64>,
     ) {
         let mut state = server.state_changes();
         let shutdown = async move {
@@ -204,6 +205,7 @@ impl S2s {
                 peer,
                 direct_tls,
                 max_stanza_size,
+                shaper,
             )
         })
         .await;

@@ -110,6 +110,8 @@ pub(crate) struct XmlStream {
     parser: StreamParser,
     buf: Box<[u8; 4096]>,
     write_timeout: Duration,
+    /// The listener's traffic shaper (`shaper` on the s2s listener): reads pause over its rate.
+    shaper: Option<starling_listener::shaper::Shaper>,
 }
 
 impl XmlStream {
@@ -119,7 +121,16 @@ impl XmlStream {
             parser: StreamParser::new(content_ns, limits),
             buf: Box::new([0; 4096]),
             write_timeout: Duration::from_secs(15),
+            shaper: None,
         }
+    }
+
+    /// Paces reads to `rate` bytes per second (TCP pushes back on the peer).
+    pub(crate) fn set_shaper(&mut self, rate: u64) {
+        self.shaper = Some(starling_listener::shaper::Shaper::new(
+            rate,
+            std::time::Instant::now(),
+        ));
     }
 
     pub(crate) fn transport(&self) -> Option<&Transport> {
@@ -170,6 +181,13 @@ impl XmlStream {
                 Ok(None) => {}
                 Err(e) => return Err(StreamFailure::Protocol(e)),
             }
+            if let Some(shaper) = self.shaper.as_ref()
+                && tokio::time::timeout_at(deadline, shaper.ready())
+                    .await
+                    .is_err()
+            {
+                return Err(StreamFailure::Timeout);
+            }
             let (io, buf) = match self.io.as_mut() {
                 Some(io) => (io, &mut self.buf),
                 None => return Err(StreamFailure::Io(io::ErrorKind::NotConnected.into())),
@@ -180,6 +198,9 @@ impl XmlStream {
             };
             if n == 0 {
                 return Err(StreamFailure::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            if let Some(shaper) = self.shaper.as_mut() {
+                shaper.record(n);
             }
             self.parser.feed(buf.get(..n).unwrap_or_default());
         }

@@ -158,6 +158,10 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
             s2s_addrs.push((local, listener.module));
             if listener.module == ListenerModule::S2s {
                 tracing::info!(addr = %local, direct_tls = listener.tls, "s2s listener started");
+                let shaper = listener
+                    .shaper
+                    .as_deref()
+                    .and_then(|name| server.config().shaper_rate(name));
                 let (s2s, server, listener) = (s2s.clone(), server.clone(), listener.clone());
                 tokio::spawn(async move {
                     s2s.serve(
@@ -166,6 +170,7 @@ pub async fn start(config: Config, catalogue: &[Arc<dyn Module>]) -> anyhow::Res
                         listener.tls,
                         listener.max_stanza_size,
                         listener.use_proxy_protocol,
+                        shaper,
                     )
                     .await;
                 });

@@ -41,6 +41,17 @@ fn free_port() -> u16 {
 }
 
 async fn start(domain: &str, s2s_port: u16, routes: &[(&str, u16)], extra: &str) -> Peer {
+    start_with_s2s_opts(domain, s2s_port, routes, extra, "").await
+}
+
+/// Like [`start`], with `s2s_opts` (`, key: value` pairs) added to the s2s listener.
+async fn start_with_s2s_opts(
+    domain: &str,
+    s2s_port: u16,
+    routes: &[(&str, u16)],
+    extra: &str,
+    s2s_opts: &str,
+) -> Peer {
     let dir = tempfile::tempdir().expect("tempdir");
     let routes: String = routes
         .iter()
@@ -52,7 +63,7 @@ async fn start(domain: &str, s2s_port: u16, routes: &[(&str, u16)], extra: &str)
          loglevel: warning\n\
          listen:\n  \
            - {{port: 0, ip: 127.0.0.1, module: c2s, starttls: false, starttls_required: false, allow_plain_without_tls: true}}\n  \
-           - {{port: {s2s_port}, ip: 127.0.0.1, module: s2s}}\n  \
+           - {{port: {s2s_port}, ip: 127.0.0.1, module: s2s{s2s_opts}}}\n  \
            - {{port: 0, ip: 127.0.0.1, module: service, password: sesame}}\n\
          modules:\n  mod_disco: {{}}\n  mod_ping: {{}}\n  mod_roster: {{}}\n\
          s2s_static_routes: {{{routes}}}\n\
@@ -507,4 +518,23 @@ async fn external_component() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// An s2s listener with a shaper (`shaper` + `shaper_rules`, as for c2s) paces its reads but
+/// delivers everything.
+#[tokio::test]
+async fn shaped_s2s_listener_still_delivers() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = start("a.test", pa, &[("b.test", pb)], "").await;
+    let b = start_with_s2s_opts(
+        "b.test",
+        pb,
+        &[("a.test", pa)],
+        "shaper:\n  s2sslow: 4000\nshaper_rules:\n  s2s_shaper: s2sslow\n",
+        ", shaper: s2s_shaper",
+    )
+    .await;
+    register(&a.server, "alice", "a.test").await;
+    register(&b.server, "bob", "b.test").await;
+    chat_both_ways(&a, &b).await;
 }
