@@ -1,7 +1,7 @@
 """The modern-client modules through slixmpp's own plugins (issue 5): offline messages
 (XEP-0160 with XEP-0203 delays), carbons (XEP-0280), the message archive (XEP-0313 with RSM
 paging), vCard (XEP-0054), private XML storage (XEP-0049), blocking (XEP-0191) and client
-state indication (XEP-0352) and PEP avatars (XEP-0163/0084), each with its main flow and an
+state indication (XEP-0352), privacy lists (XEP-0016) and PEP avatars (XEP-0163/0084), each with its main flow and an
 error case. Stream-management resumption after a dropped connection is covered by the Rust
 integration tests (crates/server/tests/stream_mgmt.rs), which control the socket."""
 
@@ -39,6 +39,7 @@ PLUGINS = (
     "xep_0352",
     "xep_0203",
     "xep_0084",
+    "xep_0016",
 )
 
 
@@ -219,4 +220,27 @@ async def test_pep_avatar_publish_and_retrieve(server: StarlingServer, clients: 
     # A node that was never published to is item-not-found (XEP-0060 §6.5.9.11).
     with pytest.raises(IqError) as missing:
         await olga.plugin["xep_0060"].get_item(olga.boundjid.bare, "urn:example:never", "x")
+    assert missing.value.condition == "item-not-found"
+
+
+async def test_privacy_list_blocks_messages_when_active(server: StarlingServer, clients: ClientFactory) -> None:
+    pia = await login(clients, server, server.new_account("pia"))
+    quinn = await login(clients, server, server.new_account("quinn"))
+    # XEP-0016 §2.8: a list denying messages from quinn, then made active for this session.
+    iq = pia.make_iq_set()
+    iq.append(
+        ET.fromstring(
+            "<query xmlns='jabber:iq:privacy'><list name='quiet'>"
+            f"<item type='jid' value='{quinn.boundjid.bare}' action='deny' order='1'><message/></item>"
+            "<item action='allow' order='2'/></list></query>"
+        )
+    )
+    await iq.send(timeout=15)
+    await pia.plugin["xep_0016"].activate("quiet")
+    quinn.send_message(mto=pia.boundjid.full, mbody="psst", mtype="chat")
+    err = await quinn.messages.wait_for(lambda m: m["type"] == "error", "privacy bounce")
+    assert err["error"]["condition"] == "service-unavailable"
+    # Activating a list that does not exist is item-not-found (XEP-0016 §2.5).
+    with pytest.raises(IqError) as missing:
+        await pia.plugin["xep_0016"].activate("no-such-list")
     assert missing.value.condition == "item-not-found"
