@@ -354,7 +354,26 @@ pub async fn run_framed(
         tracing::debug!("framed session opened");
         let deadline = Instant::now() + settings.negotiation_timeout;
         let io = Transport::Framed(Box::new(link));
-        let conn = Conn::new(io, peer, &settings.send_timeout);
+        let mut conn = Conn::new(io, peer, &settings.send_timeout);
+        // Banned addresses are refused on every transport (TCP checks at accept, in
+        // `crate::admission`); here the refusal is the stream error itself.
+        if let Some(ban) = server.banned(peer.ip()) {
+            server
+                .counters()
+                .abuse()
+                .refused(starling_core::ban::Refusal::Banned);
+            tracing::info!(
+                failures = ban.failures,
+                remaining_s = ban.remaining.as_secs(),
+                "framed session refused: address banned"
+            );
+            conn.fail(
+                StreamError::new(StreamErrorCondition::PolicyViolation)
+                    .with_text(ban.refusal_text()),
+            )
+            .await;
+            return;
+        }
         serve(server, settings, conn, deadline).await;
     }
     .instrument(span)

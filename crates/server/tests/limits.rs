@@ -279,3 +279,60 @@ async fn a_shaped_listener_slows_reads_but_delivers_everything() {
     );
     carol.send("</stream:stream>").await.unwrap();
 }
+
+/// A banned address is refused on WebSocket and BOSH sessions too: the framed session ends
+/// with `<policy-violation/>` before any negotiation (the HTTP side turns it into a close or a
+/// BOSH terminate).
+#[tokio::test]
+async fn banned_addresses_are_refused_on_framed_sessions() {
+    use starling_c2s::framed::{self, FrameOut};
+    use starling_core::counters::Transport as SessionTransport;
+
+    let node = starling_testkit::TestNode::start_with_modules(
+        "mod_fail2ban: {c2s_max_auth_failures: 2}",
+        "",
+    )
+    .await
+    .unwrap();
+    let banned: IpAddr = "127.0.0.9".parse().unwrap();
+    node.server.auth_failed(banned);
+    assert!(node.server.auth_failed(banned), "the second failure bans");
+
+    let listener = starling_config::Listener::new(starling_config::ListenerModule::Http, 0);
+    let settings = Arc::new(starling_c2s::ListenerSettings::framed(
+        &listener,
+        Duration::from_secs(5),
+    ));
+    let (link, mut bridge) = framed::link(SessionTransport::WebSocket, false);
+    let session = tokio::spawn(starling_c2s::run_framed(
+        node.server.clone(),
+        settings,
+        link,
+        SocketAddr::new(banned, 40000),
+    ));
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_secs(5), bridge.outbound.recv()).await
+    {
+        let end = frame == FrameOut::Close;
+        frames.push(frame);
+        if end {
+            break;
+        }
+    }
+    session.await.unwrap();
+    let error = frames.iter().find_map(|f| match f {
+        FrameOut::Element(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
+    });
+    let error = error.expect("a stream error frame");
+    assert!(error.contains("policy-violation"), "{error}");
+    assert_eq!(frames.last(), Some(&FrameOut::Close));
+    assert!(
+        node.server
+            .counters()
+            .abuse()
+            .refused_total(Refusal::Banned)
+            >= 1
+    );
+}
