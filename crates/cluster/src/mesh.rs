@@ -118,6 +118,11 @@ struct Inner {
     handovers: crate::handover::Pending,
 }
 
+/// Longest a stopping node waits for its sessions to unbind before saying goodbye.
+const SHUTDOWN_SESSIONS_GRACE: Duration = Duration::from_secs(2);
+/// Longest it waits for the links to take the goodbye (and the unbinds before it).
+const SHUTDOWN_FLUSH_GRACE: Duration = Duration::from_millis(500);
+
 #[derive(Clone)]
 struct LinkHandle {
     id: u64,
@@ -921,13 +926,35 @@ impl Inner {
         let _ = state
             .wait_for(|s| *s == starling_core::server::NodeState::Stopping)
             .await;
-        // Let sessions closing now send their unbinds first.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Let sessions closing now send their unbinds first: wait (bounded) until no local
+        // session is left, then until the links have taken every queued frame.
+        let sessions_gone = tokio::time::Instant::now() + SHUTDOWN_SESSIONS_GRACE;
+        while self
+            .server
+            .upgrade()
+            .is_some_and(|s| s.sm().count_local() > 0)
+            && tokio::time::Instant::now() < sessions_gone
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.stopping.store(true, Ordering::SeqCst);
         self.broadcast(&Message::Goodbye);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.drain_links(SHUTDOWN_FLUSH_GRACE).await;
         for link in &self.links {
             link.kill.notify_one();
+        }
+    }
+
+    /// Waits until every link's writer has taken all queued frames, at most `grace`.
+    async fn drain_links(&self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
+        while self
+            .links
+            .iter()
+            .any(|l| l.tx.capacity() < l.tx.max_capacity())
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -1061,7 +1088,7 @@ impl Inner {
             }
             let update = self.membership().update(&self.name, &self.address);
             self.broadcast(&update);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.drain_links(SHUTDOWN_FLUSH_GRACE).await;
             self.removed(&server);
             return Ok(());
         }
