@@ -6,88 +6,19 @@
 //!
 //! Without PostgreSQL binaries the test prints a loud note and passes, unless `CI` is set.
 
-use std::sync::Arc;
+mod cluster_support;
+
 use std::time::Duration;
 
+use cluster_support::in_process::{ClusterNode, Options};
 use starling_commands::exec::execute;
 use starling_commands::spec::{Output, Request, Response};
-use starling_config::SqlConfig;
-use starling_core::Server;
 use starling_core::server::NodeState;
-use starling_server::Node;
 use starling_testkit::Client;
 use starling_testkit::postgres::start_or_skip;
 
 /// The bound checked for a killed node's sessions to leave every table (documented: 5 s).
 const PURGE_BOUND: Duration = Duration::from_secs(5);
-
-struct ClusterNode {
-    node: Node,
-    _dir: tempfile::TempDir,
-}
-
-impl ClusterNode {
-    async fn start(name: &str, db: &SqlConfig, cookie: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        std::fs::write(data.join("cookie"), cookie).expect("cookie");
-        let yaml = format!(
-            "hosts: [localhost]\n\
-             data_dir: {data}\n\
-             loglevel: warning\n\
-             listen:\n  \
-               - {{port: 0, ip: 127.0.0.1, module: ejabberd_c2s, starttls_required: true}}\n\
-             modules:\n  \
-               mod_disco: {{}}\n  mod_roster: {{versioning: true}}\n\
-             sql_type: pgsql\nsql_server: {server}\nsql_port: {port}\nsql_database: {database}\n\
-             sql_username: {user}\nsql_pool_size: 3\n\
-             cluster: {{node_name: \"{name}\", listen: \"127.0.0.1:0\"}}\n",
-            data = data.display(),
-            server = db.server,
-            port = db.port.unwrap_or(5432),
-            database = db.database.as_deref().unwrap_or("ejabberd"),
-            user = db.username,
-        );
-        let specs = starling_modules::specs();
-        let config = starling_config::load_str(&yaml, "cluster.yml", &specs).expect("config");
-        let node = starling_server::start(config, &starling_modules::catalogue())
-            .await
-            .expect("node starts");
-        Self { node, _dir: dir }
-    }
-
-    fn server(&self) -> &Arc<Server> {
-        &self.node.server
-    }
-
-    fn address(&self) -> String {
-        self.node
-            .cluster
-            .as_ref()
-            .expect("clustered")
-            .address()
-            .to_owned()
-    }
-
-    async fn ctl(&self, command: &str, args: &[&str]) -> Response {
-        let req = Request {
-            command: command.to_owned(),
-            args: args.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        execute(self.server(), &req).await
-    }
-
-    async fn login(&self, user: &str, resource: &str) -> Client {
-        let addr = self.node.c2s.first().expect("c2s listener").0;
-        let mut c = Client::connect(addr).await.expect("connect");
-        c.open().await.expect("open");
-        c.starttls().await.expect("starttls");
-        c.auth_plain(user, "secret").await.expect("auth");
-        c.bind(resource).await.expect("bind");
-        c
-    }
-}
 
 fn lines(response: Response) -> Vec<String> {
     match response {
@@ -126,9 +57,9 @@ async fn three_nodes_join_chat_lose_a_node_and_remove_one() {
     };
     let db = pg.database().await.expect("database");
     let cookie = starling_cluster::cookie::Cookie::generate().to_hex();
-    let n1 = ClusterNode::start("starling@n1", &db, &cookie).await;
-    let n2 = ClusterNode::start("starling@n2", &db, &cookie).await;
-    let n3 = ClusterNode::start("starling@n3", &db, &cookie).await;
+    let n1 = ClusterNode::start("starling@n1", &db, &cookie, Options::default()).await;
+    let n2 = ClusterNode::start("starling@n2", &db, &cookie, Options::default()).await;
+    let n3 = ClusterNode::start("starling@n3", &db, &cookie, Options::default()).await;
 
     // join_cluster takes an address (or name@address); n3 learns n2 from n1 and links to it.
     let members = lines(n2.ctl("join_cluster", &[&n1.address()]).await);

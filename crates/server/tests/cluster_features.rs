@@ -8,14 +8,12 @@
 //! Two in-process nodes share a private PostgreSQL database (`starling_testkit::postgres`).
 //! Without PostgreSQL binaries the tests print a loud note and pass, unless `CI` is set.
 
-use std::sync::Arc;
+mod cluster_support;
+
 use std::time::Duration;
 
-use starling_commands::exec::execute;
-use starling_commands::spec::{Request, Response};
-use starling_config::SqlConfig;
-use starling_core::Server;
-use starling_server::Node;
+use cluster_support::in_process::{ClusterNode, Options};
+use starling_commands::spec::Response;
 use starling_storage::{RosterItem, Subscription};
 use starling_testkit::postgres::{TempPostgres, start_or_skip};
 use starling_testkit::{Client, error_condition};
@@ -43,90 +41,6 @@ const MODULES: &str = "mod_disco: {}\n  mod_ping: {}\n  mod_roster: {versioning:
     mod_blocking: {}\n  mod_pubsub: {max_items_node: 10}\n  mod_vcard: {}\n  \
     mod_vcard_xupdate: {}\n  mod_stream_mgmt: {resume_timeout: 30}\n  mod_client_state: {}\n";
 
-struct ClusterNode {
-    node: Node,
-    _dir: tempfile::TempDir,
-}
-
-impl ClusterNode {
-    async fn start(name: &str, db: &SqlConfig, cookie: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        std::fs::write(data.join("cookie"), cookie).expect("cookie");
-        let yaml = format!(
-            "hosts: [localhost]\n\
-             data_dir: {data}\n\
-             loglevel: warning\n\
-             listen:\n  \
-               - {{port: 0, ip: 127.0.0.1, module: ejabberd_c2s, starttls_required: true}}\n\
-             modules:\n  {MODULES}\
-             sql_type: pgsql\nsql_server: {server}\nsql_port: {port}\nsql_database: {database}\n\
-             sql_username: {user}\nsql_pool_size: 3\n\
-             cluster: {{node_name: \"{name}\", listen: \"127.0.0.1:0\"}}\n",
-            data = data.display(),
-            server = db.server,
-            port = db.port.unwrap_or(5432),
-            database = db.database.as_deref().unwrap_or("ejabberd"),
-            user = db.username,
-        );
-        let specs = starling_modules::specs();
-        let config = starling_config::load_str(&yaml, "cluster.yml", &specs).expect("config");
-        let node = starling_server::start(config, &starling_modules::catalogue())
-            .await
-            .expect("node starts");
-        Self { node, _dir: dir }
-    }
-
-    fn server(&self) -> &Arc<Server> {
-        &self.node.server
-    }
-
-    fn address(&self) -> String {
-        self.node
-            .cluster
-            .as_ref()
-            .expect("clustered")
-            .address()
-            .to_owned()
-    }
-
-    async fn ctl(&self, command: &str, args: &[&str]) -> Response {
-        let req = Request {
-            command: command.to_owned(),
-            args: args.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        execute(self.server(), &req).await
-    }
-
-    /// A connection that authenticated as `user` but has not bound a resource.
-    async fn authenticate(&self, user: &str) -> Client {
-        let addr = self.node.c2s.first().expect("c2s listener").0;
-        let mut c = Client::connect(addr).await.expect("connect");
-        c.open().await.expect("open");
-        c.starttls().await.expect("starttls");
-        c.auth_plain(user, "secret").await.expect("auth");
-        c
-    }
-
-    async fn login(&self, user: &str, resource: &str) -> Client {
-        let mut c = self.authenticate(user).await;
-        c.bind(resource).await.expect("bind");
-        c
-    }
-
-    /// Logs in, sends initial presence and waits for its reflection.
-    async fn online(&self, user: &str, resource: &str) -> Client {
-        let mut c = self.login(user, resource).await;
-        c.send("<presence/>").await.expect("presence");
-        let me = format!("{user}@localhost/{resource}");
-        c.wait_for(|e| e.name() == "presence" && e.attr("from") == Some(me.as_str()))
-            .await
-            .expect("own presence");
-        c
-    }
-}
-
 /// Two linked nodes on one fresh database.
 struct Pair {
     a: ClusterNode,
@@ -139,8 +53,26 @@ impl Pair {
         let pg = start_or_skip(test).await.expect("start PostgreSQL")?;
         let db = pg.database().await.expect("database");
         let cookie = starling_cluster::cookie::Cookie::generate().to_hex();
-        let a = ClusterNode::start("starling@a", &db, &cookie).await;
-        let b = ClusterNode::start("starling@b", &db, &cookie).await;
+        let a = ClusterNode::start(
+            "starling@a",
+            &db,
+            &cookie,
+            Options {
+                modules: MODULES,
+                ..Options::default()
+            },
+        )
+        .await;
+        let b = ClusterNode::start(
+            "starling@b",
+            &db,
+            &cookie,
+            Options {
+                modules: MODULES,
+                ..Options::default()
+            },
+        )
+        .await;
         let r = b.ctl("join_cluster", &[&a.address()]).await;
         assert!(matches!(r, Response::Ok(_)), "{r:?}");
         for n in [&a, &b] {

@@ -10,19 +10,17 @@
 //!
 //! Without PostgreSQL binaries the test prints a loud note and passes, unless `CI` is set.
 
+mod cluster_support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cluster_support::in_process::{ClusterNode, Options};
 use minidom::Element;
 use starling_commands::exec::execute;
 use starling_commands::spec::{Request, Response};
-use starling_config::{ListenerModule, SqlConfig};
-use starling_core::Server;
 use starling_core::routes::RouteOwner;
-use starling_server::Node;
-use starling_testkit::Client;
 use starling_testkit::postgres::start_or_skip;
 use starling_xmpp::codec::{Limits, StreamEvent, StreamParser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,75 +30,13 @@ const COMPONENT: &str = "comp.localhost";
 const NS_ACCEPT: &str = "jabber:component:accept";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-struct ClusterNode {
-    node: Node,
-    _dir: tempfile::TempDir,
-}
-
-impl ClusterNode {
-    async fn start(name: &str, db: &SqlConfig, cookie: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        std::fs::write(data.join("cookie"), cookie).expect("cookie");
-        // The static route sends the component's domain, once unrouted, to a closed port: the
-        // s2s manager bounces at once instead of asking DNS.
-        let yaml = format!(
-            "hosts: [localhost]\n\
-             data_dir: {data}\n\
-             loglevel: warning\n\
-             listen:\n  \
-               - {{port: 0, ip: 127.0.0.1, module: ejabberd_c2s, starttls_required: true}}\n  \
-               - {{port: 0, ip: 127.0.0.1, module: ejabberd_service, password: sesame}}\n\
-             modules:\n  \
-               mod_disco: {{}}\n  mod_roster: {{}}\n\
-             s2s_static_routes: {{{COMPONENT}: \"127.0.0.1:1\"}}\n\
-             sql_type: pgsql\nsql_server: {server}\nsql_port: {port}\nsql_database: {database}\n\
-             sql_username: {user}\nsql_pool_size: 3\n\
-             cluster: {{node_name: \"{name}\", listen: \"127.0.0.1:0\"}}\n",
-            data = data.display(),
-            server = db.server,
-            port = db.port.unwrap_or(5432),
-            database = db.database.as_deref().unwrap_or("ejabberd"),
-            user = db.username,
-        );
-        let specs = starling_modules::specs();
-        let config = starling_config::load_str(&yaml, "routes.yml", &specs)
-            .unwrap_or_else(|d| panic!("config rejected:\n{d}"));
-        let node = starling_server::start(config, &starling_modules::catalogue())
-            .await
-            .expect("node starts");
-        Self { node, _dir: dir }
-    }
-
-    fn server(&self) -> &Arc<Server> {
-        &self.node.server
-    }
-
-    fn cluster_address(&self) -> String {
-        let cluster = self.node.cluster.as_ref().expect("clustered");
-        cluster.address().to_owned()
-    }
-
-    fn component_address(&self) -> SocketAddr {
-        self.node
-            .s2s
-            .iter()
-            .find(|(_, m)| *m == ListenerModule::Service)
-            .expect("component listener")
-            .0
-    }
-
-    async fn login(&self, user: &str, resource: &str) -> Client {
-        let addr = self.node.c2s.first().expect("c2s listener").0;
-        let mut c = Client::connect(addr).await.expect("connect");
-        c.open().await.expect("open");
-        c.starttls().await.expect("starttls");
-        c.auth_plain(user, "secret").await.expect("auth");
-        c.bind(resource).await.expect("bind");
-        c
-    }
-}
+/// A component listener; the static route sends the component's domain, once unrouted, to a
+/// closed port, so the s2s manager bounces at once instead of asking DNS.
+const ROUTES_NODE: Options<'static> = Options {
+    modules: "mod_disco: {}\n  mod_roster: {}\n",
+    listeners: "  - {port: 0, ip: 127.0.0.1, module: ejabberd_service, password: sesame}\n",
+    extra: "s2s_static_routes: {comp.localhost: \"127.0.0.1:1\"}\n",
+};
 
 /// An external component speaking XEP-0114 by hand.
 struct Component {
@@ -225,8 +161,8 @@ async fn components_are_reachable_from_every_node() {
     };
     let db = pg.database().await.expect("database");
     let cookie = starling_cluster::cookie::Cookie::generate().to_hex();
-    let a = ClusterNode::start("starling@a", &db, &cookie).await;
-    let b = ClusterNode::start("starling@b", &db, &cookie).await;
+    let a = ClusterNode::start("starling@a", &db, &cookie, ROUTES_NODE).await;
+    let b = ClusterNode::start("starling@b", &db, &cookie, ROUTES_NODE).await;
 
     // Both nodes accept a component for the domain while they are apart; when they link,
     // the name that sorts first (starling@a) wins on both, and b's component is closed.
@@ -240,7 +176,7 @@ async fn components_are_reachable_from_every_node() {
         .expect("accepted on b while apart");
     let req = Request {
         command: "join_cluster".into(),
-        args: vec![a.cluster_address()],
+        args: vec![a.address()],
     };
     let joined = execute(b.server(), &req).await;
     assert!(matches!(joined, Response::Ok(_)), "{joined:?}");
