@@ -43,6 +43,9 @@ done
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-$([[ -t 1 ]] && echo always || echo never)}
 export DEBIAN_FRONTEND=noninteractive
+# A fresh clone never reuses incremental state; it would only double the size
+# of target/ (CI once ran out of disk on it).
+[[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 log() { printf '\n==> %s\n' "$*"; }
