@@ -608,6 +608,8 @@ impl Inner {
         }
         self.gossip();
         self.bump();
+        // Entities placed by rendezvous hashing may now belong to the new member.
+        server.placement_changed();
         self.ensure_dialer(&name);
         self.set_link_metric(&name, true);
         tracing::info!(node = %self.name, peer = %name, address = %peer.listen, incarnation = peer.incarnation, "cluster link up");
@@ -679,6 +681,7 @@ impl Inner {
         if !current {
             return;
         }
+        server.placement_changed();
         self.set_link_metric(&name, false);
         if goodbye {
             tracing::info!(node = %self.name, peer = %name, %reason, "cluster link down");
@@ -893,6 +896,12 @@ impl Inner {
             Message::RouteDeliver { domain, stanza } => {
                 crate::routes::deliver(server, peer, &domain, &stanza).await;
             }
+            Message::Forward { stanza, hops } => match parse_stanza(&stanza) {
+                Some(stanza) => {
+                    starling_core::placement::deliver_forwarded(server, peer, stanza, hops).await;
+                }
+                None => tracing::warn!(%peer, "undecodable forwarded stanza dropped"),
+            },
             Message::Hello(_) | Message::Proof(_) | Message::Refused(_) => {
                 tracing::warn!(%peer, "handshake message on an established link");
             }
@@ -1166,6 +1175,38 @@ impl ClusterView for Inner {
         address: &'a str,
     ) -> starling_core::BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(Self::join(self, address))
+    }
+
+    fn place(&self, key: &str) -> Option<String> {
+        let members: Vec<String> = self
+            .links
+            .iter()
+            .filter(|l| l.version >= wire::PLACEMENT_VERSION)
+            .map(|l| l.key().clone())
+            .collect();
+        let candidates = members
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.name.as_str()));
+        placement::owner(key, candidates).map(str::to_owned)
+    }
+
+    fn forward(&self, node: &str, stanza: &Stanza, hops: u8) -> bool {
+        let Some(link) = self.links.get(node).map(|l| l.clone()) else {
+            return false;
+        };
+        if link.version < wire::PLACEMENT_VERSION {
+            return false;
+        }
+        let frame = wire::encode(&Message::Forward {
+            stanza: stanza.bytes().to_vec(),
+            hops,
+        });
+        let sent = self.send_on(&link, frame);
+        if sent {
+            self.count_forwarded(node);
+        }
+        sent
     }
 
     fn take_over<'a>(

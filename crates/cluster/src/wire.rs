@@ -14,8 +14,9 @@ pub const MAGIC: [u8; 4] = *b"STRL";
 pub const PROTOCOL_MIN: u16 = 1;
 /// Newest protocol version this build speaks. 2 adds stream management handover
 /// ([`Message::TakeOver`]); a version-1 peer is never sent it. 3 adds the cluster-wide route
-/// table ([`Message::Routes`], [`ROUTES_VERSION`]).
-pub const PROTOCOL_MAX: u16 = 3;
+/// table ([`Message::Routes`], [`ROUTES_VERSION`]). 4 adds placed entities such as MUC rooms
+/// ([`Message::Forward`], [`PLACEMENT_VERSION`]).
+pub const PROTOCOL_MAX: u16 = 4;
 /// Largest frame accepted (16 MiB): a snapshot of a large session table fits; garbage does not
 /// make us allocate more.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -186,11 +187,24 @@ pub enum Message {
         /// The serialised stanza (namespace declared).
         stanza: Vec<u8>,
     },
+    /// A stanza for an entity of a placed service that the receiver runs, or an IQ answer for
+    /// a request the receiver sent (protocol 4; `starling_core::placement`). The receiver
+    /// routes it there, forwarding it once more only if its own view names a third owner.
+    Forward {
+        /// The serialised stanza (namespace declared).
+        stanza: Vec<u8>,
+        /// How many times it was forwarded, this time included.
+        hops: u8,
+    },
 }
 
 /// Protocol version from which the route messages ([`Message::Routes`] to
 /// [`Message::RouteDeliver`]) may be sent: an older peer neither learns nor announces routes.
 pub const ROUTES_VERSION: u16 = 3;
+
+/// Protocol version from which [`Message::Forward`] may be sent: rooms and other placed
+/// entities are placed only over members that speak it.
+pub const PLACEMENT_VERSION: u16 = 4;
 
 /// Protocol version from which [`Message::TakeOver`] and [`Message::HandedOver`] may be sent.
 pub const HANDOVER_VERSION: u16 = 2;
@@ -421,6 +435,10 @@ mod tests {
                 domain: "comp.example.org".into(),
                 stanza: b"<message/>".to_vec(),
             },
+            Message::Forward {
+                stanza: b"<message/>".to_vec(),
+                hops: 1,
+            },
         ];
         let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
         let mut d = FrameDecoder::new();
@@ -462,6 +480,11 @@ mod tests {
             stanza: Vec::new(),
         };
         assert_eq!(encode(&deliver)[4], 19);
+        let forward = Message::Forward {
+            stanza: Vec::new(),
+            hops: 0,
+        };
+        assert_eq!(encode(&forward)[4], 20);
     }
 
     #[test]

@@ -450,7 +450,15 @@ async fn muc_request(
         &[("type", "set"), ("id", &id)],
     );
     iq.append_child(command);
-    let (Ok(from), Ok(to)) = (Jid::parse(&host), Jid::parse(&domain)) else {
+    // A request about one room goes to the room's JID, so that in a cluster it reaches the
+    // node the room is placed on (`starling_core::placement`); a bad name goes to the service,
+    // which says what is wrong with it.
+    let room = (name != "muc_online_rooms")
+        .then(|| args.first())
+        .flatten()
+        .and_then(|room| Jid::parse(&format!("{room}@{domain}")).ok());
+    let (Ok(from), Some(to)) = (Jid::parse(&host), room.or_else(|| Jid::parse(&domain).ok()))
+    else {
         return Err(not_found());
     };
     let request = Stanza::new(iq, from, to)

@@ -16,6 +16,7 @@ pub mod handover;
 pub mod hooks;
 pub mod local;
 pub mod module;
+pub mod placement;
 pub mod presence;
 pub mod roster;
 pub mod router;

@@ -41,8 +41,10 @@ pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
     if !kind.is_request() {
         // Results and errors to the server answer requests modules sent with
         // `Server::iq_query`; others (unknown ids) are dropped, never answered.
-        if target == IqTarget::Host {
-            let _ = server.iq_answered(stanza);
+        if target == IqTarget::Host
+            && let Some(unclaimed) = server.iq_answered(stanza)
+        {
+            crate::placement::answer_elsewhere(server, &unclaimed);
         }
         return;
     }

@@ -67,6 +67,19 @@ pub trait Service: Send + Sync {
     /// The route was taken away: another cluster member's registration of the same domain
     /// won a race ([`crate::routes`]). A connection closes with `<conflict/>`.
     fn revoked(&self) {}
+
+    /// True if each entity of the service (`name@domain`) runs on one cluster node, chosen by
+    /// the cluster's placement ([`crate::placement`]); stanzas for it are forwarded there.
+    fn placed(&self) -> bool {
+        false
+    }
+
+    /// The cluster's members changed: a [`Self::placed`] service hands off the entities that
+    /// are now placed on another node; when the node is stopping
+    /// ([`crate::server::NodeState::Stopping`]), all of them. Must not block (spawn the work).
+    fn placement_changed(&self, server: &Server) {
+        let _ = server;
+    }
 }
 
 /// Answers XEP-0030 queries for nodes of the host's own JID (§3.2), such as the XEP-0050

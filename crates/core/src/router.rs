@@ -21,7 +21,7 @@ pub fn route<'a>(server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()> {
         if server.is_local(domain) {
             local::route(server, stanza).await;
         } else if let Some(service) = server.route_for(domain) {
-            service.route(server, stanza).await;
+            crate::placement::route(server, service, stanza, None, 0).await;
         } else if let Some(remote) = server.remote_router() {
             remote.route(server, stanza).await;
         } else {

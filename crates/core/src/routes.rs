@@ -139,6 +139,14 @@ impl Routes {
             .map(|e| e.service.clone())
     }
 
+    /// The module service routing `domain`, if any (where placed entities are served).
+    pub fn get_service(&self, domain: &str) -> Option<Arc<dyn Service>> {
+        self.entries
+            .get(domain)
+            .filter(|e| e.owner == RouteOwner::Service)
+            .map(|e| e.service.clone())
+    }
+
     /// Registers a connection's route and announces it. False, changing nothing, if the
     /// domain is already routed (by a service, a connection here or another member).
     pub fn add_local(&self, domain: &str, service: Arc<dyn Service>) -> bool {
@@ -272,6 +280,15 @@ impl Routes {
         domains
             .iter()
             .map(|d| (d.clone(), self.apply_remote(me, node, d, forwarder(d))))
+            .collect()
+    }
+
+    /// The module services (every node runs its own).
+    pub fn services(&self) -> Vec<Arc<dyn Service>> {
+        self.entries
+            .iter()
+            .filter(|e| e.owner == RouteOwner::Service)
+            .map(|e| e.service.clone())
             .collect()
     }
 

@@ -247,6 +247,16 @@ impl Server {
     /// up to `timeout` for the result or error, which the local router hands back here
     /// (e.g. disco#info queries to clients for entity capabilities). `None` on timeout.
     pub async fn iq_query(&self, request: Stanza, timeout: std::time::Duration) -> Option<Stanza> {
+        let mut request = request;
+        if let Some(cluster) = self.sm().cluster() {
+            // The answer may come from an entity placed on another member, which routes it to
+            // a host JID there: the id tells that member where to send it on.
+            let id = crate::placement::answer_id(request.id()?, cluster.node_name());
+            let (from, to) = (request.from().clone(), request.to().clone());
+            let mut element = request.into_element();
+            starling_xmpp::stanza::set_attr(&mut element, "id", id);
+            request = Stanza::new(element, from, to).ok()?;
+        }
         let id = request.id()?.to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending_iq
@@ -280,6 +290,16 @@ impl Server {
         }
     }
 
+    /// The cluster's members changed, or this node stops: every placed service hands off
+    /// what is now placed on another member, or everything ([`crate::placement`]).
+    pub fn placement_changed(&self) {
+        for service in self.routes.services() {
+            if service.placed() {
+                service.placement_changed(self);
+            }
+        }
+    }
+
     /// Time since start.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
@@ -304,6 +324,9 @@ impl Server {
     /// `<system-shutdown/>`.
     pub fn begin_shutdown(&self) {
         self.state.send_replace(NodeState::Stopping);
+        // Placed entities (MUC rooms) hand off first, so that occupants on other members hear
+        // that the room moves rather than nothing.
+        self.placement_changed();
         self.sm.close_all(&starling_xmpp::error::StreamError::new(
             starling_xmpp::error::StreamErrorCondition::SystemShutdown,
         ));

@@ -120,6 +120,18 @@ pub trait ClusterView: Send + Sync {
     fn join<'a>(&'a self, address: &'a str) -> crate::BoxFuture<'a, Result<Vec<String>, String>>;
     /// `leave_cluster`: removes `node` from the cluster for good and stops it.
     fn leave<'a>(&'a self, node: &'a str) -> crate::BoxFuture<'a, Result<(), String>>;
+    /// The live member that runs entity `key` (a bare JID) of a placed service, this node
+    /// included ([`crate::placement`]); `None` when there is no choice to make.
+    fn place(&self, key: &str) -> Option<String> {
+        let _ = key;
+        None
+    }
+    /// Sends `stanza` to `node`, which routes it there: to its copy of a placed service, or to
+    /// a host (an IQ answer), having been forwarded `hops` times. False if the link is down.
+    fn forward(&self, node: &str, stanza: &Stanza, hops: u8) -> bool {
+        let _ = (node, stanza, hops);
+        false
+    }
     /// XEP-0198 §5 across nodes: asks the other nodes for resumable session `previd` of
     /// `user`; its owner hands it over (see [`crate::handover`]). `NotFound` when no node
     /// has it (or the owner died).

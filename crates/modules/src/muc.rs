@@ -15,7 +15,10 @@
 //! `MucService::admin`). No global registry, no downcast, and the same path will work when
 //! the room lives on another cluster node.
 //!
-//! Not implemented yet: rooms in the cluster (placement), MAM for rooms (mod_mam's store is
+//! In a cluster each room runs on one node ([`starling_core::placement`]): the service says it
+//! is placed, and shuts down (status 332) the rooms that placement moves elsewhere.
+//!
+//! Not implemented yet: MAM for rooms (mod_mam's store is
 //! keyed by account), nickname registration (`muc#register`), IQ forwarding between occupants,
 //! several resources under one nick, voice requests, `room_shaper` (accepted, ignored).
 

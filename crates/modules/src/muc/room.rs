@@ -366,6 +366,33 @@ impl Room {
         fx
     }
 
+    /// The room stops running here while it lives on (XEP-0045 status code 332, "the service is
+    /// being shut down"): it moved to another cluster node, or this node stops. Every occupant gets
+    /// its own unavailable presence with status 332 and rejoins; the room's stored state
+    /// stays.
+    pub fn shut_down(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        let occupants = std::mem::take(&mut self.occupants);
+        for o in &occupants {
+            let mut x = Element::bare("x", MUC_USER);
+            x.append_child(element(
+                "item",
+                MUC_USER,
+                &[
+                    ("affiliation", self.affiliation(&o.jid.to_bare()).name()),
+                    ("role", "none"),
+                ],
+            ));
+            x.append_child(element("status", MUC_USER, &[("code", "110")]));
+            x.append_child(element("status", MUC_USER, &[("code", "332")]));
+            let mut p = element("presence", ns::CLIENT, &[("type", "unavailable")]);
+            p.append_child(x);
+            self.push(&mut fx, p, &o.nick, &o.jid);
+            fx.left.push(o.jid.to_bare());
+        }
+        fx
+    }
+
     /// Handles one stanza addressed to the room or to one of its occupants.
     pub fn handle(&mut self, stanza: &Stanza, ctx: &Context) -> Effects {
         let mut fx = Effects::default();
@@ -1702,6 +1729,27 @@ mod tests {
         let carol = to(&fx, "carol@localhost/res");
         assert_eq!(item(carol[1]).attr("jid"), Some("bob@localhost/res"));
         assert_eq!(codes(carol[2]), ["110", "100"]);
+    }
+
+    #[test]
+    fn shutting_down_tells_each_occupant_332_and_keeps_affiliations() {
+        let mut room = new_room();
+        join(&mut room, "alice", "Alice", "");
+        join(&mut room, "bob", "Bob", "");
+        let fx = room.shut_down();
+        assert!(room.is_empty());
+        assert!(!fx.destroyed);
+        assert_eq!(fx.left.len(), 2);
+        for user in ["alice", "bob"] {
+            let out = to(&fx, &format!("{user}@localhost/res"));
+            assert_eq!(out.len(), 1, "{:?}", fx.out);
+            assert_eq!(out[0].type_attr(), Some("unavailable"));
+            assert_eq!(codes(out[0]), ["110", "332"]);
+        }
+        assert_eq!(
+            room.affiliation(&BareJid::parse("alice@localhost").unwrap()),
+            Affiliation::Owner
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ enum RoomCommand {
     ChangeOption(String, String),
     SetAffiliation(BareJid, Affiliation),
     Destroy,
+    /// The room is placed on another cluster node now (or this node stops): its occupants are
+    /// told to rejoin (status 332) and the task stops, the room living on from the store.
+    ShutDown,
 }
 
 /// Why a message did not reach a room's queue (the message is given back).
@@ -163,6 +166,11 @@ impl MucService {
             self.to_service(server, stanza).await;
             return;
         };
+        if is_admin_request(server, &stanza) {
+            // Admin commands about one room are addressed to it (placed on the room's node).
+            self.to_service(server, stanza).await;
+            return;
+        }
         if !self.allowed(server, &self.opts.access, stanza.from()) {
             reply_error(
                 server,
@@ -573,6 +581,39 @@ impl Service for MucService {
     fn route<'a>(&'a self, server: &'a Server, stanza: Stanza) -> BoxFuture<'a, ()> {
         Box::pin(self.route_stanza(server, stanza))
     }
+
+    /// In a cluster each room runs on the node placement picks (`starling_core::placement`).
+    fn placed(&self) -> bool {
+        true
+    }
+
+    /// Rooms placed elsewhere now (every room when the node stops) shut down here; their
+    /// occupants rejoin on the new node (status 332).
+    fn placement_changed(&self, server: &Server) {
+        let stopping = server.state() == starling_core::server::NodeState::Stopping;
+        let cluster = server.sm().cluster();
+        let names: Vec<String> = lock(&self.rooms).keys().cloned().collect();
+        for name in names {
+            let Ok(jid) = self.room_jid(&name) else {
+                continue;
+            };
+            let elsewhere = cluster.as_ref().is_some_and(|cluster| {
+                cluster
+                    .place(jid.as_str())
+                    .is_some_and(|owner| owner != cluster.node_name())
+            });
+            if !(stopping || elsewhere) {
+                continue;
+            }
+            let (tx, _) = oneshot::channel();
+            if self
+                .try_deliver(&name, RoomMsg::Command(RoomCommand::ShutDown, tx))
+                .is_err()
+            {
+                tracing::warn!(room = %jid, "room busy; it moves on its next placement change");
+            }
+        }
+    }
 }
 
 /// The task of one live room.
@@ -589,8 +630,14 @@ async fn run_room(
     let mut stored = room.config().persistent && !room.is_fresh();
     loop {
         let Some(msg) = rx.recv().await else { break };
+        let mut shut_down = false;
         let fx = match msg {
             RoomMsg::Stanza(stanza, ctx) => room.handle(&stanza, &ctx),
+            RoomMsg::Command(RoomCommand::ShutDown, reply) => {
+                shut_down = true;
+                let _ = reply.send(Ok(Vec::new()));
+                room.shut_down()
+            }
             RoomMsg::Command(command, reply) => {
                 let (fx, answer) = run_command(&mut room, command);
                 let _ = reply.send(answer);
@@ -626,18 +673,29 @@ async fn run_room(
         for stanza in fx.out {
             server.route(stanza).await;
         }
-        let stop = fx.destroyed || (room.is_empty() && !room.config().persistent);
+        let stop = fx.destroyed || shut_down || (room.is_empty() && !room.config().persistent);
         if stop {
             // Stanzas already queued keep the room alive: they were sent to it. The check and
             // the removal happen under the lock every sender takes, so none can slip in.
             let stopped = {
                 let mut rooms = lock(&service.rooms);
-                let stopped = fx.destroyed || rx.is_empty();
+                let stopped = fx.destroyed || shut_down || rx.is_empty();
                 if stopped {
                     rooms.remove(&name);
                 }
                 stopped
             };
+            if stopped && shut_down {
+                // Routed again: placement sends them to the room's new node.
+                rx.close();
+                while let Ok(msg) = rx.try_recv() {
+                    if let RoomMsg::Stanza(stanza, _) = msg {
+                        server.route(stanza).await;
+                    }
+                }
+                tracing::info!(room = %room.jid(), "room shut down here: placed on another node, or stopping");
+                break;
+            }
             if stopped {
                 rx.close();
                 // Anything queued between the check and the close is answered.
@@ -683,6 +741,7 @@ fn run_command(room: &mut Room, command: RoomCommand) -> (Effects, Result<Vec<St
             (fx, Ok(Vec::new()))
         }
         RoomCommand::Destroy => (room.destroy(None, ""), Ok(Vec::new())),
+        RoomCommand::ShutDown => (room.shut_down(), Ok(Vec::new())),
     }
 }
 
@@ -695,6 +754,14 @@ fn summary_of(room: &Room) -> Summary {
 }
 
 /// True if `from` is one of this server's hosts (a server-internal sender).
+/// An admin request (`ADMIN_NS`) from one of our hosts.
+fn is_admin_request(server: &Server, stanza: &Stanza) -> bool {
+    stanza.kind() == Kind::Iq
+        && stanza.type_attr() == Some("set")
+        && is_host(server, stanza.from())
+        && stanza.payload().is_some_and(|p| p.is("command", ADMIN_NS))
+}
+
 fn is_host(server: &Server, from: &Jid) -> bool {
     from.node().is_none() && from.resource().is_none() && server.is_local(from.domain())
 }
