@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod haproxy;
 pub mod postgres;
 
 use std::net::SocketAddr;

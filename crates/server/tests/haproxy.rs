@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -154,7 +154,7 @@ impl HaProxy {
     /// Runs `docs/haproxy.cfg` with node1 replaced by `node`, node2 and node3 by closed
     /// ports, and `send-proxy-v2` replaced by `send_proxy`.
     fn start(node: &ProxiedNode, send_proxy: &str) -> anyhow::Result<Self> {
-        let bin = haproxy_bin().context(
+        let bin = starling_testkit::haproxy::bin().context(
             "haproxy not found: install Debian's haproxy package (scripts/test.sh does)",
         )?;
         let dir = tempfile::tempdir()?;
@@ -282,14 +282,6 @@ impl Drop for HaProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn haproxy_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("haproxy"))
-        .find(|p| Path::new(p).is_file())
 }
 
 /// HAProxy's CSV statistics: (proxy, server) → column → value.

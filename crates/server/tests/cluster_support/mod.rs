@@ -111,7 +111,8 @@ impl ProcNode {
                - {{port: {c2s}, ip: {ip}, module: ejabberd_c2s, starttls_required: true}}\n\
              {http_listener}\
              modules:\n  \
-               mod_disco: {{}}\n  mod_roster: {{versioning: true}}\n  mod_offline: {{}}\n\
+               mod_disco: {{}}\n  mod_roster: {{versioning: true}}\n  mod_offline: {{}}\n  \
+               mod_stream_mgmt: {{}}\n\
              {sql}\
              cluster: {{node_name: \"{node_name}\", listen: \"{ip}:{cluster}\"}}\n",
             hosts = spec.hosts,
@@ -187,6 +188,18 @@ impl ProcNode {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `starlingctl stop` (a graceful stop, as an operator does it) and waits for the exit.
+    pub fn stop(&mut self) {
+        let (code, out, err) = self.ctl(&["stop"]);
+        assert_eq!(code, 0, "{} stop: {out}{err}", self.node_name);
+        assert!(
+            self.wait_exit(Duration::from_secs(20)).is_some(),
+            "{} did not stop:\n{}",
+            self.node_name,
+            self.log()
+        );
     }
 
     /// The exit status if the process has ended (and forgets it).
