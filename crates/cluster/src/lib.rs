@@ -8,11 +8,13 @@
 //! [`placement`] (rendezvous hashing) are the other sans-I/O parts; [`mesh`] is the I/O shell:
 //! link tasks, the replicated session table, forwarding and node loss; `handover` moves a
 //! resumable XEP-0198 session to the node its client resumed through. `routes` makes external
-//! components' routes cluster-wide.
+//! components' routes cluster-wide; [`discovery`] lets nodes sharing the database find each
+//! other (`cluster.discovery: sql`).
 
 #![forbid(unsafe_code)]
 
 pub mod cookie;
+pub mod discovery;
 mod handover;
 pub mod handshake;
 pub mod membership;

@@ -70,6 +70,8 @@ pub struct ClusterSettings {
     pub cookie: Cookie,
     /// The node's metric families: link state and forwarded stanzas per peer are set here.
     pub metrics: Option<Arc<Metrics>>,
+    /// Find the other members through the shared database (`cluster.discovery: sql`).
+    pub sql_discovery: bool,
 }
 
 /// Why the cluster could not start.
@@ -116,6 +118,8 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     /// Stream management handovers waiting for answers (`crate::handover`).
     handovers: crate::handover::Pending,
+    /// `cluster.discovery: sql`: this node keeps a row in `cluster_nodes`.
+    sql_discovery: bool,
 }
 
 /// Longest a stopping node waits for its sessions to unbind before saying goodbye.
@@ -214,6 +218,7 @@ impl Cluster {
             stopping: AtomicBool::new(false),
             metrics: settings.metrics,
             handovers: crate::handover::Pending::default(),
+            sql_discovery: settings.sql_discovery,
         });
         server.sm().set_cluster(inner.clone());
         server.routes().set_mirror(inner.clone());
@@ -230,6 +235,10 @@ impl Cluster {
         inner.track(accept.abort_handle());
         let watcher = tokio::spawn(inner.clone().watch_shutdown(server.state_changes()));
         inner.track(watcher.abort_handle());
+        if settings.sql_discovery {
+            let discovery = tokio::spawn(inner.clone().discover());
+            inner.track(discovery.abort_handle());
+        }
         let members: Vec<String> = inner.membership().members().keys().cloned().collect();
         for name in members {
             // Known peers are listed as down until their link comes up.
@@ -276,6 +285,57 @@ impl Cluster {
 }
 
 impl Inner {
+    /// `cluster.discovery: sql` ([`crate::discovery`]): announces this node in the shared
+    /// database and joins the nodes found there, until the node stops.
+    async fn discover(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(crate::discovery::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(server) = self.server() else { return };
+            if self.stopping.load(Ordering::SeqCst) || self.membership().is_removed(&self.name) {
+                return;
+            }
+            let now = unix_now();
+            let stores = server.stores();
+            if let Err(e) = stores.announce_node(&self.name, &self.address, now).await {
+                tracing::warn!(node = %self.name, error = %e, "cluster discovery: cannot announce this node");
+                continue;
+            }
+            let fresh = i64::try_from(crate::discovery::FRESH.as_secs()).unwrap_or(i64::MAX);
+            let rows = match stores.cluster_nodes(now.saturating_sub(fresh)).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(node = %self.name, error = %e, "cluster discovery: cannot list nodes");
+                    continue;
+                }
+            };
+            let addresses = {
+                let membership = self.membership();
+                crate::discovery::to_join(
+                    &self.name,
+                    &rows,
+                    |n| self.links.contains_key(n),
+                    |n| membership.is_removed(n),
+                )
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<String>>()
+            };
+            for address in addresses {
+                match self.join(&address).await {
+                    Ok(members) => {
+                        tracing::info!(node = %self.name, %address, ?members, "cluster discovery: joined");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %self.name, %address, error = %e, "cluster discovery: join failed");
+                    }
+                }
+            }
+        }
+    }
+
     fn server(&self) -> Option<Arc<Server>> {
         self.server.upgrade()
     }
@@ -948,6 +1008,12 @@ impl Inner {
         }
         self.stopping.store(true, Ordering::SeqCst);
         self.broadcast(&Message::Goodbye);
+        if self.sql_discovery
+            && let Some(server) = self.server()
+            && let Err(e) = server.stores().forget_node(&self.name).await
+        {
+            tracing::warn!(node = %self.name, error = %e, "cluster discovery: cannot remove this node's row");
+        }
         self.drain_links(SHUTDOWN_FLUSH_GRACE).await;
         for link in &self.links {
             link.kill.notify_one();
@@ -1088,6 +1154,11 @@ impl Inner {
         let Some(server) = self.server() else {
             return Err("the node is stopping".to_owned());
         };
+        if self.sql_discovery
+            && let Err(e) = server.stores().forget_node(node).await
+        {
+            tracing::warn!(%node, error = %e, "cluster discovery: cannot remove the node's row");
+        }
         if node == self.name {
             // Tell everyone first, so that no one re-dials us, then stop.
             {

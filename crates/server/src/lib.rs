@@ -288,6 +288,7 @@ async fn start_cluster(
         data_dir: data_dir.to_owned(),
         cookie,
         metrics: Some(metrics.clone()),
+        sql_discovery: config.discovery == starling_config::ClusterDiscovery::Sql,
     };
     starling_cluster::Cluster::start(server, settings)
         .await

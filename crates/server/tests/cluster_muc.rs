@@ -32,6 +32,7 @@ const MUC_NODE: Options<'static> = Options {
     modules: "mod_disco: {}\n  mod_roster: {}\n  mod_muc: {}\n",
     listeners: "",
     extra: "",
+    sql_discovery: false,
 };
 
 /// Polls `check` every 20 ms until it holds or `limit` passes.

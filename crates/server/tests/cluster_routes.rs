@@ -36,6 +36,7 @@ const ROUTES_NODE: Options<'static> = Options {
     modules: "mod_disco: {}\n  mod_roster: {}\n",
     listeners: "  - {port: 0, ip: 127.0.0.1, module: ejabberd_service, password: sesame}\n",
     extra: "s2s_static_routes: {comp.localhost: \"127.0.0.1:1\"}\n",
+    sql_discovery: false,
 };
 
 /// An external component speaking XEP-0114 by hand.

@@ -29,6 +29,7 @@
 
 mod accounts;
 mod backup;
+mod cluster;
 pub mod mam;
 mod migrations;
 mod muc;

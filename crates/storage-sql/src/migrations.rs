@@ -44,6 +44,11 @@ pub const MIGRATIONS_SQLITE: &[(i64, &str, &str)] = &[
     ),
     (6, "pep", include_str!("../migrations/sqlite/0006_pep.sql")),
     (7, "muc", include_str!("../migrations/sqlite/0007_muc.sql")),
+    (
+        8,
+        "cluster nodes",
+        include_str!("../migrations/sqlite/0008_cluster_nodes.sql"),
+    ),
 ];
 
 /// `(version, description, SQL)` of every PostgreSQL migration, ascending: the same versions
@@ -84,6 +89,11 @@ pub const MIGRATIONS_POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "muc",
         include_str!("../migrations/postgres/0007_muc.sql"),
+    ),
+    (
+        8,
+        "cluster nodes",
+        include_str!("../migrations/postgres/0008_cluster_nodes.sql"),
     ),
 ];
 

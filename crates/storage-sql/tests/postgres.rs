@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use starling_storage::{
-    StorageError, Stores, conformance, conformance_mam, conformance_muc, conformance_offline,
-    conformance_pep, conformance_privacy, conformance_vcard,
+    StorageError, Stores, conformance, conformance_cluster, conformance_mam, conformance_muc,
+    conformance_offline, conformance_pep, conformance_privacy, conformance_vcard,
 };
 use starling_storage_sql::{MIGRATIONS_POSTGRES, PgTarget, Postgres, SqlStore};
 use starling_testkit::postgres::{TempPostgres, start_or_skip};
@@ -48,6 +48,7 @@ async fn conformance_suite_passes_on_postgresql() {
     run_suite!(&pg, conformance_privacy::run_all);
     run_suite!(&pg, conformance_pep::run_all);
     run_suite!(&pg, conformance_muc::run_all);
+    run_suite!(&pg, conformance_cluster::run_all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

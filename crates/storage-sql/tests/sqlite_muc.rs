@@ -1,7 +1,8 @@
 //! The MUC (XEP-0045 persistent rooms) conformance scenarios on a fresh SQLite database per
-//! test, plus the whole set on one database.
+//! test, plus the whole set on one database; and the cluster meeting point's
+//! (`cluster.discovery: sql`).
 
-use starling_storage::{Stores, conformance_muc};
+use starling_storage::{Stores, conformance_cluster, conformance_muc};
 use starling_storage_sql::SqlStore;
 use tempfile::TempDir;
 
@@ -31,6 +32,15 @@ conformance_tests!(muc_room_round_trip, muc_rooms_per_service, muc_delete_room);
 async fn whole_muc_suite_runs_on_one_database() {
     let (_dir, store) = fresh().await;
     conformance_muc::run_all(&store)
+        .await
+        .expect("storage error");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn cluster_nodes_announce_list_forget() {
+    let (_dir, store) = fresh().await;
+    conformance_cluster::run_all(&store)
         .await
         .expect("storage error");
     store.close().await;

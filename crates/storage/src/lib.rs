@@ -16,8 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod conformance_cluster;
 #[cfg(feature = "conformance")]
 pub mod conformance_mam;
 #[cfg(feature = "conformance")]
@@ -43,6 +46,7 @@ pub mod timing;
 pub mod vcard;
 
 pub use account::AccountStore;
+pub use cluster::ClusterStore;
 pub use error::StorageError;
 pub use last::LastActivityStore;
 pub use mam::{
@@ -82,6 +86,7 @@ pub trait Stores:
     + PrivacyStore
     + PepStore
     + MucStore
+    + ClusterStore
 {
     /// The backend's name as in ejabberd's `sql_type`: `"sqlite"` or `"pgsql"`.
     fn backend_name(&self) -> &'static str;

@@ -21,6 +21,8 @@ pub struct Options<'a> {
     pub modules: &'a str,
     pub listeners: &'a str,
     pub extra: &'a str,
+    /// `cluster.discovery: sql` instead of `join_cluster`.
+    pub sql_discovery: bool,
 }
 
 /// An in-process cluster node with its temporary data directory.
@@ -52,7 +54,7 @@ impl ClusterNode {
              {extra}\
              sql_type: pgsql\nsql_server: {server}\nsql_port: {port}\nsql_database: {database}\n\
              sql_username: {user}\nsql_pool_size: 3\n\
-             cluster: {{node_name: \"{name}\", listen: \"127.0.0.1:0\"}}\n",
+             cluster: {{node_name: \"{name}\", listen: \"127.0.0.1:0\", discovery: {discovery}}}\n",
             data = data.display(),
             listeners = options.listeners,
             extra = options.extra,
@@ -60,6 +62,7 @@ impl ClusterNode {
             port = db.port.unwrap_or(5432),
             database = db.database.as_deref().unwrap_or("ejabberd"),
             user = db.username,
+            discovery = if options.sql_discovery { "sql" } else { "none" },
         );
         let specs = starling_modules::specs();
         let config = starling_config::load_str(&yaml, "cluster.yml", &specs)
