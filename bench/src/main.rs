@@ -93,6 +93,13 @@ struct Args {
     /// PID of the server process, for RSS and CPU sampling.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// c2s port of a second cluster node on the same host: odd-numbered users log in there,
+    /// so every pair has one user on each node (cross-node messages).
+    #[arg(long)]
+    port_b: Option<u16>,
+    /// PID of the second node: RSS and CPU are summed over both processes.
+    #[arg(long)]
+    server_pid_b: Option<u32>,
     /// How TLS is established.
     #[arg(long, value_enum, default_value_t = TlsMode::Starttls)]
     tls: TlsMode,
@@ -255,13 +262,41 @@ async fn run(args: Args) -> Result<()> {
     if args.register {
         return register_all(&args, &target).await;
     }
-    let ticks = proc_stats::clock_ticks_per_sec();
-    let server = match args.server_pid {
-        Some(pid) => {
-            proc_stats::check_alive(pid)?;
-            Some(Pid::Other(pid))
-        }
+    let target_b = match args.port_b {
+        Some(port) => Some(Arc::new(Target {
+            addr: loopback_addr(&args.host, port).await?,
+            domain: args.domain.clone(),
+            tls: args.tls,
+            connector: client::tls_connector()?,
+        })),
         None => None,
+    };
+    let ticks = proc_stats::clock_ticks_per_sec();
+    let mut servers = Vec::new();
+    for pid in args.server_pid.iter().chain(args.server_pid_b.iter()) {
+        proc_stats::check_alive(*pid)?;
+        servers.push(Pid::Other(*pid));
+    }
+    // Summed over the node processes (one, or both nodes of a cross-node run).
+    let rss = || -> Result<Option<u64>> {
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        servers
+            .iter()
+            .map(|p| proc_stats::rss_kib(*p))
+            .sum::<Result<u64>>()
+            .map(Some)
+    };
+    let cpu = || -> Result<Option<u64>> {
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        servers
+            .iter()
+            .map(|p| proc_stats::cpu_us(*p, ticks))
+            .sum::<Result<u64>>()
+            .map(Some)
     };
     let shared = Arc::new(Shared {
         run_id: run_id(),
@@ -281,12 +316,12 @@ async fn run(args: Args) -> Result<()> {
     };
 
     // Phase 1: connect.
-    summary.rss_before_kib = server.map(proc_stats::rss_kib).transpose()?;
+    summary.rss_before_kib = rss()?;
     eprintln!(
         "connecting {} users to {addr} ({:?}, ramp {}/s)...",
         args.users, args.tls, args.ramp
     );
-    let (connections, login_secs) = connect_all(&args, &target, &shared).await;
+    let (connections, login_secs) = connect_all(&args, &target, target_b.as_ref(), &shared).await;
     summary.connected = connections.len() as u64;
     summary.login_failures = summary.users - summary.connected;
     summary.login_secs = login_secs;
@@ -298,15 +333,15 @@ async fn run(args: Args) -> Result<()> {
 
     // Phase 2: idle. The server's CPU use while idle is reported too: it is the baseline the
     // per-message figure sits on (timers, keepalives, a busy accept loop would show here).
-    let idle_cpu_before = server.map(|p| proc_stats::cpu_us(p, ticks)).transpose()?;
+    let idle_cpu_before = cpu()?;
     let idle_start = Instant::now();
     sleep(Duration::from_secs_f64(args.idle)).await;
-    let idle_cpu_after = server.map(|p| proc_stats::cpu_us(p, ticks)).transpose()?;
+    let idle_cpu_after = cpu()?;
     let idle_us = u64::try_from(idle_start.elapsed().as_micros()).unwrap_or(u64::MAX);
     summary.idle_cpu_pct = idle_cpu_before
         .zip(idle_cpu_after)
         .map(|(b, a)| 100.0 * ratio(a.saturating_sub(b), idle_us));
-    summary.rss_after_kib = server.map(proc_stats::rss_kib).transpose()?;
+    summary.rss_after_kib = rss()?;
     summary.idle_disconnects = shared.disconnects.load(Ordering::Relaxed);
     if let (Some(before), Some(after)) = (summary.rss_before_kib, summary.rss_after_kib)
         && summary.connected > 0
@@ -328,9 +363,9 @@ async fn run(args: Args) -> Result<()> {
             "message phase: {pairs} pairs, {}/s for {} s...",
             args.rate, args.duration
         );
-        let cpu_before = server.map(|p| proc_stats::cpu_us(p, ticks)).transpose()?;
+        let cpu_before = cpu()?;
         let phase = message_phase(&args, &shared, &connections, pairs).await;
-        let cpu_after = server.map(|p| proc_stats::cpu_us(p, ticks)).transpose()?;
+        let cpu_after = cpu()?;
         summary.not_sent = phase.not_sent;
         summary.sent = shared.sent.load(Ordering::Relaxed);
         summary.received = shared.received.load(Ordering::Relaxed);
@@ -370,6 +405,7 @@ async fn run(args: Args) -> Result<()> {
 async fn connect_all(
     args: &Args,
     target: &Arc<Target>,
+    target_b: Option<&Arc<Target>>,
     shared: &Arc<Shared>,
 ) -> (Vec<Connection>, f64) {
     let start = Instant::now();
@@ -389,7 +425,11 @@ async fn connect_all(
         };
         let (ready_tx, ready_rx) = oneshot::channel();
         let (commands, command_rx) = mpsc::channel(CMD_QUEUE);
-        let target = target.clone();
+        // Pairs are (2p, 2p+1): with a second node, each pair spans both.
+        let target = match target_b {
+            Some(b) if index % 2 == 1 => b.clone(),
+            _ => target.clone(),
+        };
         let shared = shared.clone();
         let user = format!("{}{index}", args.user_prefix);
         let password = password(args, index);
